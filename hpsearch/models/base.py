@@ -1,0 +1,132 @@
+"""Model-family plumbing: the head interface, the classifier wrapper and the family registry.
+
+A *classifier family* is a head on a backbone. The head owns the method: how features become
+outputs, the loss, and how outputs become per-level probabilities. The training loop only
+talks to this interface, so every method of the thesis plugs in the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+from hpsearch.config import ModelConfig, one_line
+from hpsearch.errors import ConfigError
+from hpsearch.hierarchy import Hierarchy
+from hpsearch.registry import Registry
+
+
+class Head(nn.Module):
+    """Base class of the classifier heads.
+
+    Subclasses implement ``forward(features [B, F]) -> outputs`` (a tensor), ``loss`` and
+    ``level_probs``. ``decision`` says how labels are read from ``level_probs``: ``argmax``
+    (one label per level) or ``threshold`` (multi-label, thresholds tuned on validation).
+    """
+
+    decision: Literal["argmax", "threshold"] = "argmax"
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        super().__init__()
+        self.hierarchy = hierarchy
+
+    def loss(self, outputs: Tensor, level_labels: Tensor, *,
+             level_weights: Sequence[float] | None = None,
+             class_weights: Sequence[Tensor] | None = None) -> Tensor:
+        """Scalar training loss. ``level_labels`` is ``[B, L]`` local indices; ``class_weights``
+        is one ``[n_l]`` tensor per level (or None)."""
+        raise NotImplementedError
+
+    def level_probs(self, outputs: Tensor) -> list[Tensor]:
+        """Per-level scores in [0, 1], one ``[B, n_l]`` tensor per level."""
+        raise NotImplementedError
+
+    def predict_levels(self, outputs: Tensor) -> Tensor:
+        """``[B, L]`` predicted local label per level (argmax heads)."""
+        return torch.stack([p.argmax(-1) for p in self.level_probs(outputs)], dim=1)
+
+
+class HierarchicalClassifier(nn.Module):
+    """Backbone + head; ``forward`` returns the head's raw outputs."""
+
+    def __init__(self, backbone: nn.Module, head: Head) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone.forward_features(x))
+
+
+def level_weights_for(h: Hierarchy, level_weights: Sequence[float] | None) -> list[float]:
+    if level_weights is None:
+        return [1.0] * h.num_levels
+    if len(level_weights) != h.num_levels:
+        raise ConfigError(f"optim.level_weights has {len(level_weights)} entries but the "
+                          f"hierarchy has {h.num_levels} levels")
+    return [float(w) for w in level_weights]
+
+
+def split_levels(x: Tensor, h: Hierarchy) -> list[Tensor]:
+    """``[B, sum n_l]`` -> one ``[B, n_l]`` block per level (thesis' contiguous layout)."""
+    return list(torch.split(x, list(h.level_sizes), dim=-1))
+
+
+class FamilyParams(BaseModel):
+    """Base of a family's typed ``model.params``; unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A registered model family.
+
+    Attributes:
+        name: registry name.
+        task: which experiment trains it ("classifier", "label_embedding", ...).
+        build: ``(ModelConfig, params, Hierarchy, in_channels) -> nn.Module``.
+        params: the pydantic model of the family's ``model.params``.
+        description: one line for ``hpsearch families``.
+    """
+
+    name: str
+    task: str
+    build: Callable[..., nn.Module]
+    params: type[FamilyParams] = FamilyParams
+    description: str = ""
+
+    def parse_params(self, raw: dict[str, Any]) -> FamilyParams:
+        try:
+            return self.params.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(f"model.params.{one_line(e)} (family {self.name!r})") from None
+
+
+FAMILIES: Registry[FamilySpec] = Registry("model family")
+
+
+def register_family(name: str, *, task: str = "classifier", params: type[FamilyParams] =
+                    FamilyParams, description: str = "") -> Callable:
+    """Decorator: ``@register_family("per_level")`` on a builder."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        FAMILIES.add(name, FamilySpec(name, task, fn, params, description))
+        return fn
+
+    return deco
+
+
+def build_model(cfg: ModelConfig, h: Hierarchy, in_ch: int = 3) -> nn.Module:
+    import hpsearch.models  # noqa: F401  registers the built-in families
+
+    spec = FAMILIES.get(cfg.family)
+    return spec.build(cfg, spec.parse_params(cfg.params), h, in_ch)

@@ -1,0 +1,57 @@
+"""Per-level classifier (Dhall thesis §3.2, eq. 3.2-3.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hpsearch.config import ModelConfig
+from hpsearch.hierarchy import Hierarchy
+from hpsearch.models.backbones import build_backbone
+from hpsearch.models.base import (
+    FamilyParams,
+    Head,
+    HierarchicalClassifier,
+    level_weights_for,
+    register_family,
+    split_levels,
+)
+
+
+class PerLevelHead(Head):
+    """One linear layer to all labels, a softmax per level block.
+
+    Loss (eq. 3.3): L = Σ_l w_l · CE(softmax(z_l), y_l), averaged over the batch, with optional
+    per-label class weights inside each level's cross-entropy. Prediction: argmax per level,
+    independently (so a predicted path need not be consistent).
+    """
+
+    def __init__(self, in_dim: int, hierarchy: Hierarchy) -> None:
+        super().__init__(hierarchy)
+        hierarchy.require_leveled("the per-level classifier")
+        self.fc = nn.Linear(in_dim, hierarchy.num_nodes)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.fc(features)  # [B, sum n_l]
+
+    def loss(self, outputs: Tensor, level_labels: Tensor, *,
+             level_weights: Sequence[float] | None = None,
+             class_weights: Sequence[Tensor] | None = None) -> Tensor:
+        w = level_weights_for(self.hierarchy, level_weights)
+        total = outputs.new_zeros(())
+        for lvl, z in enumerate(split_levels(outputs, self.hierarchy)):
+            cw = None if class_weights is None else class_weights[lvl].to(z)
+            total = total + w[lvl] * F.cross_entropy(z.float(), level_labels[:, lvl], weight=cw)
+        return total
+
+    def level_probs(self, outputs: Tensor) -> list[Tensor]:
+        return [z.float().softmax(-1) for z in split_levels(outputs, self.hierarchy)]
+
+
+@register_family("per_level", description="per-level softmax classifier (thesis §3.2)")
+def build_per_level(cfg: ModelConfig, params: FamilyParams, h: Hierarchy,
+                    in_ch: int = 3) -> HierarchicalClassifier:
+    bb = build_backbone(cfg, in_ch)
+    return HierarchicalClassifier(bb, PerLevelHead(bb.out_dim, h))
