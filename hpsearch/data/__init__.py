@@ -1,6 +1,14 @@
-"""Datasets: a registry of builders returning :class:`HierDataset` (train/val/test + hierarchy)."""
+"""Datasets: a registry of builders returning :class:`HierDataset` (train/val/test + hierarchy).
 
-from hpsearch.data import synthetic  # noqa: F401  (registers "synthetic")
+Every module in this package is imported here, so a loader registers itself by existing.
+"""
+
+import importlib
+import pkgutil
+
 from hpsearch.data.base import DATASETS, HierDataset, ImageSplit, load_dataset
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["DATASETS", "HierDataset", "ImageSplit", "load_dataset"]

@@ -1,8 +1,24 @@
-"""Model families and backbones (registries)."""
+"""Model families and backbones (registries).
 
-from hpsearch.models import per_level  # noqa: F401  (registers families)
+Every module in this package is imported here, so a new family registers itself by existing:
+drop ``hpsearch/models/my_family.py`` with a ``@register_family`` builder in it.
+"""
+
+import importlib
+import pkgutil
+
 from hpsearch.models.backbones import BACKBONES, build_backbone
-from hpsearch.models.base import FAMILIES, FamilySpec, Head, HierarchicalClassifier, build_model
+from hpsearch.models.base import (
+    FAMILIES,
+    FamilySpec,
+    Head,
+    HierarchicalClassifier,
+    build_model,
+    register_family,
+)
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["BACKBONES", "FAMILIES", "FamilySpec", "Head", "HierarchicalClassifier",
-           "build_backbone", "build_model"]
+           "build_backbone", "build_model", "register_family"]

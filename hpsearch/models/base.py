@@ -50,6 +50,25 @@ class Head(nn.Module):
         """``[B, L]`` predicted local label per level (argmax heads)."""
         return torch.stack([p.argmax(-1) for p in self.level_probs(outputs)], dim=1)
 
+    def predict_multihot(self, outputs: Tensor) -> Tensor:
+        """``[B, num_nodes]`` bool: the predicted label set in global index order. Argmax heads
+        predict one label per level; threshold heads override this."""
+        pred = self.predict_levels(outputs)
+        out = torch.zeros(pred.shape[0], self.hierarchy.num_nodes, dtype=torch.bool,
+                          device=pred.device)
+        offsets = torch.tensor(self.hierarchy.offsets, device=pred.device)
+        out.scatter_(1, pred + offsets, True)
+        return out
+
+    def calibrate(self, outputs: Tensor, level_labels: Tensor) -> None:
+        """Tune decision parameters (e.g. thresholds) on the *validation* outputs. The
+        experiment calls it before computing validation metrics; test reuses the result.
+        State to keep must live in buffers so it is checkpointed and exported."""
+
+    def eval_metrics(self, outputs: Tensor, level_labels: Tensor) -> dict[str, float]:
+        """Family-specific extra metrics over a whole split (e.g. retrieval mAHP@k)."""
+        return {}
+
 
 class HierarchicalClassifier(nn.Module):
     """Backbone + head; ``forward`` returns the head's raw outputs."""

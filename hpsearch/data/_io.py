@@ -1,0 +1,120 @@
+"""Small helpers shared by the real-dataset loaders: parameter checking, paths, fingerprints."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpsearch.errors import ConfigError, DataError
+
+
+def check_params(
+    where: str, params: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Merge ``params`` over ``defaults``; an unknown key is a :class:`ConfigError`.
+
+    Args:
+        where: prefix for the message, e.g. ``"data.params"`` or ``"label source 'wordnet'"``.
+        params: user values.
+        defaults: every allowed key with its default.
+    """
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown option(s) {unknown}; allowed: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **params}
+
+
+def shared_dir() -> Path:
+    """The read-only reference data folder: ``$HPSEARCH_SHARED`` or ``shared/`` beside the repo."""
+    env = os.environ.get("HPSEARCH_SHARED")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared"
+
+
+def fingerprint(path: str | Path) -> list[Any]:
+    """``[absolute path, size, mtime_ns]`` of a file: enough to invalidate a cache entry."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    """Return ``path`` as a :class:`Path` or raise :class:`DataError` naming what was expected."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"{p}: file not found; expected {what}")
+    return p
+
+
+def require_dir(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DataError(f"{p}: directory not found; expected {what}")
+    return p
+
+
+def as_path_list(value: str | Path | Iterable[str | Path], where: str) -> list[Path]:
+    """One path or a list of paths (a YAML config gives either)."""
+    if isinstance(value, (str, os.PathLike)):
+        return [Path(value)]
+    try:
+        out = [Path(v) for v in value]
+    except TypeError:
+        raise ConfigError(f"{where} must be a path or a list of paths, got {value!r}") from None
+    if not out:
+        raise ConfigError(f"{where} is an empty list; give at least one path")
+    return out
+
+
+def split_counts(n: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> tuple:
+    """Images of one label per split: 80/10/10, equal thirds below 10 images (thesis §1.2.1).
+
+    Rounding: ``n_val = n_test = round(0.1 n)`` for ``n >= 10`` and train takes the rest, so
+    nothing is dropped. Below 10 images the images are dealt round-robin test, val, train,
+    i.e. ``n_train = ceil(n/3)``, ``n_val = round(n/3)`` ...; a label with 1 image goes to
+    train only and a label with 2 images to train + test (a label must be trainable first,
+    and a test image beats a val image for reporting).
+
+    Returns:
+        ``(n_train, n_val, n_test)`` summing to ``n``.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n < 10:
+        if n == 1:
+            return (1, 0, 0)
+        if n == 2:
+            return (1, 0, 1)
+        base, rem = divmod(n, 3)
+        # remainder goes to train first, then test
+        return (base + (rem >= 1), base, base + (rem >= 2))
+    n_val = int(round(fractions[1] * n))
+    n_test = int(round(fractions[2] * n))
+    return (n - n_val - n_test, n_val, n_test)
+
+
+def stratified_split(
+    groups: np.ndarray, seed: int, *, counts=split_counts
+) -> np.ndarray:
+    """Split id (0 train, 1 val, 2 test) per item, per group, shuffled deterministically.
+
+    Args:
+        groups: int array ``[N]``, the group (leaf label) of every item.
+        seed: numpy ``default_rng`` seed; the same seed gives the same split.
+        counts: ``n -> (n_train, n_val, n_test)``.
+    """
+    rng = np.random.default_rng(seed)
+    split = np.zeros(len(groups), dtype=np.int64)
+    for g in np.unique(groups):
+        idx = rng.permutation(np.flatnonzero(groups == g))
+        n_tr, n_va, _ = counts(len(idx))
+        split[idx[n_tr:n_tr + n_va]] = 1
+        split[idx[n_tr + n_va:]] = 2
+    return split

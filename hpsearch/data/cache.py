@@ -1,0 +1,205 @@
+"""One on-disk cache of decoded, resized images shared by every real dataset.
+
+A dataset is decoded once into ``<cache>/<name>-<hash>/images.npy`` (uint8 ``[N, S, S, C]``)
+and every later trial memory-maps it, so trials never decode JPEGs and all trials of a node share
+the page cache. Builders lay rows out split by split (train, val, test) so a split is a
+contiguous slice of the memory map, i.e. a view, not a copy.
+
+Concurrency: a build holds an exclusive ``fcntl`` lock on ``<entry>/.lock``; a second process
+waits for it and then finds the finished file. The array is written to a temporary file and
+``os.replace``-d into place, so ``images.npy`` exists only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpsearch.errors import DataError
+
+CACHE_VERSION = 1  # bump when decoding/resizing changes, to invalidate old entries
+CHUNK = 512  # images decoded per batch of work
+
+
+def cache_root(root: str | os.PathLike | None = None, override: str | None = None) -> Path:
+    """Where cached arrays live.
+
+    Order: an explicit ``override`` (the ``cache_dir`` dataset option), then
+    ``$HPSEARCH_CACHE`` (e.g. a node-local SSD), then ``<root>/.hpsearch-cache`` when the dataset
+    root is writable, then ``~/.cache/hpsearch``.
+    """
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("HPSEARCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    if root is not None and os.access(root, os.W_OK):
+        return Path(root) / ".hpsearch-cache"
+    return Path.home() / ".cache" / "hpsearch"
+
+
+def cache_key(parts: Any) -> str:
+    """12 hex digits of the SHA-1 of ``parts`` (JSON-serialisable) plus the cache version."""
+    blob = json.dumps([CACHE_VERSION, parts], sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+@contextmanager
+def _locked(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def entry_dir(name: str, key_parts: Any, cache: Path) -> Path:
+    return cache / f"{name}-{cache_key(key_parts)}"
+
+
+def cached_image_array(
+    key_parts: Any,
+    paths_or_loader: Sequence[str | os.PathLike] | Callable[[], np.ndarray],
+    size: int | None,
+    *,
+    cache: Path,
+    name: str = "images",
+    workers: int | None = None,
+) -> np.memmap:
+    """Decode (once) and memory-map a uint8 ``[N, size, size, C]`` image array.
+
+    Args:
+        key_parts: JSON-serialisable identity of the content (source files + fingerprints,
+            order, options); a different key is a different entry.
+        paths_or_loader: image files (decoded to RGB) in row order, or a callable returning a
+            uint8 ``[N, H, W, C]`` array (CIFAR pickles, IDX files), which is resized.
+        size: side of the square output; ``None`` keeps the loader's size (paths need a size).
+        cache: the cache root (see :func:`cache_root`).
+        name: entry-name prefix, for humans browsing the cache.
+        workers: decoding threads (default: all CPUs, at most 16).
+
+    Returns:
+        ``np.load(<entry>/images.npy, mmap_mode="r")``.
+
+    Raises:
+        DataError: an image is missing or cannot be decoded (names the file).
+    """
+    d = entry_dir(name, key_parts, cache)
+    final = d / "images.npy"
+    if final.is_file():
+        return np.load(final, mmap_mode="r")
+    with _locked(d / ".lock"):
+        if final.is_file():  # another process finished it while we waited
+            return np.load(final, mmap_mode="r")
+        tmp = d / f"images.tmp-{os.getpid()}.npy"
+        try:
+            if callable(paths_or_loader):
+                _write_from_array(tmp, paths_or_loader(), size)
+            else:
+                if size is None:
+                    raise ValueError("size is required when decoding image files")
+                _write_from_paths(tmp, [Path(p) for p in paths_or_loader], size, workers)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        (d / "key.json").write_text(json.dumps(key_parts, default=str)[:100_000])
+    return np.load(final, mmap_mode="r")
+
+
+def resize_uint8(batch: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 ``[N, H, W, C]`` to ``[N, size, size, C]``: bilinear with antialias."""
+    import torch
+    import torchvision.transforms.v2.functional as TF
+
+    if batch.shape[1] == size and batch.shape[2] == size:
+        return np.ascontiguousarray(batch, dtype=np.uint8)
+    t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+    out = TF.resize(t, [size, size], antialias=True)
+    return out.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _write_from_array(tmp: Path, arr: np.ndarray, size: int | None) -> None:
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8 or arr.ndim != 4:
+        raise DataError(f"dataset loader returned {arr.dtype} {arr.shape}; expected uint8 "
+                        "[N, H, W, C]")
+    s_h, s_w = (arr.shape[1], arr.shape[2]) if size is None else (size, size)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                    shape=(len(arr), s_h, s_w, arr.shape[3]))
+    for a in range(0, len(arr), 4 * CHUNK):
+        out[a:a + 4 * CHUNK] = arr[a:a + 4 * CHUNK] if size is None \
+            else resize_uint8(arr[a:a + 4 * CHUNK], size)
+    out.flush()
+    del out
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One file -> uint8 ``[size, size, 3]`` RGB (torchvision decoder, PIL fallback)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    img = None
+    try:
+        import torch
+        from torchvision.io import ImageReadMode, decode_image as tv_decode
+
+        t = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                      mode=ImageReadMode.RGB)
+        img = t.permute(1, 2, 0).numpy()
+    except Exception:  # unsupported format or torchvision build: try PIL
+        try:
+            import io
+
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as im:
+                img = np.asarray(im.convert("RGB"))
+        except Exception:
+            raise DataError(f"{path}: cannot decode; expected a JPEG/PNG (or PIL-readable) "
+                            "image") from None
+    return resize_uint8(img[None], size)[0]
+
+
+def _write_from_paths(tmp: Path, paths: list[Path], size: int, workers: int | None) -> None:
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: image file not found ({len(missing)} of {len(paths)} "
+                        "listed images are missing)")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                    shape=(len(paths), size, size, 3))
+    workers = workers or min(16, os.cpu_count() or 1)
+
+    def work(i: int) -> None:
+        out[i] = decode_image(paths[i], size)
+
+    if workers <= 1 or len(paths) < 64:
+        for i in range(len(paths)):
+            work(i)
+    else:
+        # decoders and torch kernels release the GIL, so threads scale without pickling
+        import torch
+
+        prev = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                for a in range(0, len(paths), CHUNK):
+                    list(pool.map(work, range(a, min(a + CHUNK, len(paths)))))
+        finally:
+            torch.set_num_threads(prev)
+    out.flush()
+    del out

@@ -1,0 +1,151 @@
+"""Epoch loop shared by every execution mode (plain process, Tune trial, Ray Train worker).
+
+The loop trains, validates, tests the best epoch so far, checkpoints every epoch and hands
+metrics plus the checkpoint directory to a :class:`Reporter`. Ray-specific reporters live in
+``hpsearch.train.worker``; this module imports neither Ray nor MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from hpsearch.config import TrialConfig, validate_trial
+from hpsearch.train.experiment import Experiment, RunContext, build_experiment
+
+CHECKPOINT_FILE = "checkpoint.pt"
+BEST_FILE = "best.pt"
+
+
+class Reporter(Protocol):
+    def __call__(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Publish one epoch's metrics; ``checkpoint_dir`` (rank 0 only) may be moved away."""
+
+
+@dataclass
+class BestSoFar:
+    value: float = math.nan
+    epoch: int = -1
+    test: dict[str, float] | None = None
+
+    def improves(self, v: float, mode: str) -> bool:
+        if math.isnan(v):
+            return False
+        if math.isnan(self.value):
+            return True
+        return v > self.value if mode == "max" else v < self.value
+
+
+def save_checkpoint(path: Path, exp: Experiment, epoch: int, best: BestSoFar,
+                    best_state: dict[str, Any] | None) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({"experiment": exp.state_dict(), "epoch": epoch, "config": exp.cfg.model_dump(),
+                "best": vars(best)}, path / CHECKPOINT_FILE)
+    if best_state is not None:
+        torch.save({"experiment": best_state, "epoch": best.epoch,
+                    "config": exp.cfg.model_dump()}, path / BEST_FILE)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+
+def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = None,
+              resume_from: Path | None = None,
+              experiment_factory: Callable[[TrialConfig, RunContext], Experiment] | None = None
+              ) -> BestSoFar:
+    """Train ``cfg`` for ``cfg.optim.epochs`` epochs (continuing from ``resume_from``).
+
+    Every epoch reports ``epoch``, ``train_*``, ``val_*`` and the ``test_*`` metrics of the best
+    validation epoch so far (``best_epoch``, ``best_<metric>``), with a checkpoint directory
+    holding the latest state and the best weights.
+    """
+    ctx = ctx or RunContext()
+    exp = (experiment_factory or build_experiment)(cfg, ctx)
+    best, start, best_state = BestSoFar(), 0, None
+    if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
+        state = load_checkpoint(resume_from)
+        exp.load_state_dict(state["experiment"])
+        start = state["epoch"] + 1
+        best = BestSoFar(**state["best"])
+        if (Path(resume_from) / BEST_FILE).exists():
+            best_state = torch.load(Path(resume_from) / BEST_FILE, map_location="cpu",
+                                    weights_only=False)["experiment"]
+    metric = cfg.metric.removeprefix("val_")
+    for epoch in range(start, cfg.optim.epochs):
+        train = exp.train_one_epoch(epoch)
+        val = exp.evaluate("val")
+        if metric not in val:
+            from hpsearch.errors import ConfigError
+
+            raise ConfigError(f"metric {cfg.metric!r} is not produced by family "
+                              f"{cfg.model.family!r}; available: "
+                              f"{', '.join('val_' + k for k in sorted(val))}")
+        if best.improves(val[metric], cfg.mode):
+            best.value, best.epoch = val[metric], epoch
+            best.test = exp.evaluate("test")
+            best_state = _cpu_copy(exp.state_dict())
+        metrics: dict[str, float] = {"epoch": float(epoch + 1)}
+        metrics.update({f"train_{k}": v for k, v in train.items()})
+        metrics.update({f"val_{k}": v for k, v in val.items()})
+        metrics.update({f"test_{k}": v for k, v in (best.test or {}).items()})
+        metrics["best_epoch"] = float(best.epoch + 1)
+        metrics[f"best_{cfg.metric}"] = best.value
+        ckpt = None
+        if ctx.is_main:
+            ckpt = Path(tempfile.mkdtemp(prefix="hpsearch-ckpt-"))
+            save_checkpoint(ckpt, exp, epoch, best, best_state)
+        report(metrics, ckpt)
+        if ckpt is not None and ckpt.exists():
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return best
+
+
+def _cpu_copy(state: Any) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_cpu_copy(v) for v in state)
+    return state
+
+
+class DirectoryReporter:
+    """Keeps the latest checkpoint in ``out_dir`` and the metric history in memory (no Ray)."""
+
+    def __init__(self, out_dir: Path, echo: Callable[[str], None] | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.history: list[dict[str, float]] = []
+        self.echo = echo
+
+    def __call__(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        self.history.append(dict(metrics))
+        if checkpoint_dir is not None:
+            tmp = self.out_dir.with_name(self.out_dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, tmp)
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+            tmp.rename(self.out_dir)
+        if self.echo:
+            keys = [k for k in ("epoch", "train_loss", "val_micro_f1", "val_macro_f1") if k in metrics]
+            self.echo("  ".join(f"{k}={metrics[k]:.4g}" for k in keys))
+
+
+def experiment_from_checkpoint(path: Path, *, best: bool = True,
+                               ctx: RunContext | None = None) -> Experiment:
+    """Rebuild an experiment from a checkpoint directory (the best epoch's state by default)."""
+    path = Path(path)
+    f = path / (BEST_FILE if best and (path / BEST_FILE).exists() else CHECKPOINT_FILE)
+    state = torch.load(f, map_location="cpu", weights_only=False)
+    cfg = validate_trial(state["config"])
+    exp = build_experiment(cfg, ctx or RunContext())
+    exp.load_state_dict(state["experiment"])
+    return exp
