@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hpsearch.errors import ConfigError, DataError
+from hpsearch.hierarchy import Hierarchy
 
 
 def check_params(
@@ -118,3 +119,82 @@ def stratified_split(
         split[idx[n_tr:n_tr + n_va]] = 1
         split[idx[n_tr + n_va:]] = 2
     return split
+
+
+def contiguous_splits(
+    images: np.ndarray, labels: np.ndarray, sizes: Sequence[int], ids: Sequence[str] = ()
+) -> list:
+    """Consecutive row ranges of ``sizes`` -> :class:`ImageSplit` s (memory-map views)."""
+    from hpsearch.data.base import ImageSplit
+
+    out, a = [], 0
+    for n in sizes:
+        out.append(ImageSplit(images[a:a + n], labels[a:a + n],
+                              tuple(ids[a:a + n]) if len(ids) else ()))
+        a += n
+    return out
+
+
+LEVELING = ("strict", "pad")
+
+
+def pad_to_leveled(h: Hierarchy) -> Hierarchy:
+    """Insert single-child chains above shallow leaves so every leaf lies on the last level.
+
+    A leaf ``x`` at depth ``d`` below parent ``p`` becomes ``p -> x~d -> ... -> x~(D-1) -> x``
+    (``D`` the deepest leaf depth). LCAs of leaf pairs are unchanged, but a node whose deepest
+    leaf was shallow gets a larger height, so height-based similarities change.
+    """
+    if not h.is_tree:
+        raise ConfigError("leveling='pad' needs a tree; this hierarchy has a node with two parents")
+    deepest = h.num_levels - 1
+    edges: list[tuple[str, str]] = []
+    nodes: list[str] = []
+    leaves = set(h.leaves)
+    for c, ps in enumerate(h.parents):
+        name = h.names[c]
+        d = int(h.depth[c])
+        chain = [f"{name}~{k}" for k in range(d, deepest)] if c in leaves else []
+        up = [h.names[ps[0]]] if ps else []
+        path = [*up, *chain, name]
+        nodes.append(path[0])
+        edges.extend(zip(path, path[1:], strict=False))
+    has_parent = {b for _, b in edges}
+    roots = [n for n in nodes if n not in has_parent]
+    return Hierarchy.from_edges(edges, nodes=roots)
+
+
+def leaf_level_labels(
+    h: Hierarchy, leaf_names: Sequence[str], *, leveling: str = "strict", where: str = "dataset"
+) -> tuple[Hierarchy, np.ndarray]:
+    """Per-sample leaf names -> ``(hierarchy, level_labels [N, L])`` (root-path local indices).
+
+    Per-level labels exist only for a *leveled* tree (all leaves on the last level). Otherwise
+    ``leveling="strict"`` raises a :class:`ConfigError` and ``"pad"`` applies
+    :func:`pad_to_leveled` first.
+    """
+    if leveling not in LEVELING:
+        raise ConfigError(f"{where}: leveling must be one of {LEVELING}, got {leveling!r}")
+    if not h.is_leveled:
+        if leveling == "strict":
+            depths = sorted({int(h.depth[i]) for i in h.leaves})
+            raise ConfigError(
+                f"{where}: the hierarchy is not leveled (leaves at depths {depths}), so "
+                "images have no label on every level and no classifier family can use it; "
+                "set data.params.leveling='pad' (chains above shallow leaves; changes node "
+                "heights) or use a hierarchy whose leaves all lie on the deepest level"
+            )
+        h = pad_to_leveled(h)
+    paths = h.leaf_paths
+    last = h.offsets[-1]
+    out = np.empty((len(leaf_names), h.num_levels), dtype=np.int64)
+    cache: dict[str, int] = {}
+    for i, name in enumerate(leaf_names):
+        row = cache.get(name)
+        if row is None:
+            g = h.index.get(str(name))
+            if g is None or g < last:
+                raise DataError(f"{where}: class {name!r} is not a leaf of the hierarchy")
+            row = cache[name] = g - last
+        out[i] = paths[row]
+    return h, out

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -71,7 +71,8 @@ def entry_dir(name: str, key_parts: Any, cache: Path) -> Path:
 
 def cached_image_array(
     key_parts: Any,
-    paths_or_loader: Sequence[str | os.PathLike] | Callable[[], np.ndarray],
+    paths_or_loader: Sequence[str | os.PathLike | Encoded]
+    | Callable[[], np.ndarray | Sequence[str | os.PathLike | Encoded]],
     size: int | None,
     *,
     cache: Path,
@@ -83,7 +84,8 @@ def cached_image_array(
     Args:
         key_parts: JSON-serialisable identity of the content (source files + fingerprints,
             order, options); a different key is a different entry.
-        paths_or_loader: image files (decoded to RGB) in row order, or a callable returning a
+        paths_or_loader: image files or :class:`Encoded` bytes (decoded to RGB) in row order,
+            or a callable returning a
             uint8 ``[N, H, W, C]`` array (CIFAR pickles, IDX files), which is resized.
         size: side of the square output; ``None`` keeps the loader's size (paths need a size).
         cache: the cache root (see :func:`cache_root`).
@@ -105,12 +107,14 @@ def cached_image_array(
             return np.load(final, mmap_mode="r")
         tmp = d / f"images.tmp-{os.getpid()}.npy"
         try:
-            if callable(paths_or_loader):
-                _write_from_array(tmp, paths_or_loader(), size)
+            src = paths_or_loader() if callable(paths_or_loader) else paths_or_loader
+            if isinstance(src, np.ndarray):
+                _write_from_array(tmp, src, size)
             else:
                 if size is None:
                     raise ValueError("size is required when decoding image files")
-                _write_from_paths(tmp, [Path(p) for p in paths_or_loader], size, workers)
+                items = [p if isinstance(p, Encoded) else Path(p) for p in src]
+                _write_from_paths(tmp, items, size, workers)
             os.replace(tmp, final)
         finally:
             if tmp.exists():
@@ -146,12 +150,23 @@ def _write_from_array(tmp: Path, arr: np.ndarray, size: int | None) -> None:
     del out
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
+class Encoded(NamedTuple):
+    """An encoded image already in memory (e.g. a tar member): ``name`` is for messages."""
+
+    name: str
+    data: bytes
+
+
+def decode_image(src: Path | Encoded, size: int) -> np.ndarray:
     """One file -> uint8 ``[size, size, 3]`` RGB (torchvision decoder, PIL fallback)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+    if isinstance(src, Encoded):
+        path, data = src.name, src.data
+    else:
+        path = src
+        try:
+            data = Path(src).read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"{src}: image file not found") from None
     img = None
     try:
         import torch
@@ -174,8 +189,10 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     return resize_uint8(img[None], size)[0]
 
 
-def _write_from_paths(tmp: Path, paths: list[Path], size: int, workers: int | None) -> None:
-    missing = [p for p in paths if not p.is_file()]
+def _write_from_paths(
+    tmp: Path, paths: list[Path | Encoded], size: int, workers: int | None
+) -> None:
+    missing = [p for p in paths if not isinstance(p, Encoded) and not p.is_file()]
     if missing:
         raise DataError(f"{missing[0]}: image file not found ({len(missing)} of {len(paths)} "
                         "listed images are missing)")

@@ -445,7 +445,8 @@ def hierarchical_metric_suite(
         level_probs: one ``[N, n_l]`` score array per level (higher = more likely).
         level_labels: ``[N, L]`` true local labels.
         hierarchy: a leveled tree.
-        ks: the k of ``hdist_at_<k>``, each ``<= n_{L-1}``.
+        ks: the k of ``hdist_at_<k>``; a k above the number of leaves C is clipped to C
+            (the top-k set is every leaf), so the key names stay stable on tiny trees.
         hit_ks: the k of ``hit_at_<k>``.
         lca_height_matrix: cached :func:`leaf_lca_heights` (computed here when None).
 
@@ -468,17 +469,20 @@ def hierarchical_metric_suite(
         raise DataError(f"lca_height_matrix is {h.shape[0]}x{h.shape[1]} but the last level has "
                         f"{n_leaves} labels; pass leaf_lca_heights(hierarchy)")
     for k in ks:
-        _check_k(k, n_leaves, "hierarchical_metric_suite ks")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"hierarchical_metric_suite: ks must be positive integers, "
+                              f"got {tuple(ks)}")
     for k in hit_ks:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"hierarchical_metric_suite: hit_ks must be positive integers, "
                               f"got {tuple(hit_ks)}")
 
-    pred = np.stack([p.argmax(1) for p in probs], axis=1) if n else labels.copy()
+    pred = np.stack([p.argmax(1) for p in probs], axis=1)  # [N, L], first maximum
     true_leaf = labels[:, -1]
     out = mistake_severity(pred[:, -1], true_leaf, h)
     for k in ks:
-        out[f"hdist_at_{k}"] = hierarchical_distance_at_k(probs[-1], true_leaf, h, k)
+        out[f"hdist_at_{k}"] = hierarchical_distance_at_k(probs[-1], true_leaf, h,
+                                                          min(int(k), n_leaves))
     out["path_consistency"] = path_consistency(pred, hierarchy)
     ranks = [_ranks(p, labels[:, lvl]) for lvl, p in enumerate(probs)] if n else []
     for k in hit_ks:

@@ -86,7 +86,8 @@ def per_class_thresholds(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tenso
     """
     _check_pair(scores, targets, "per_class_thresholds")
     if scores.dim() != 2:
-        raise ValueError(f"per_class_thresholds: expected [N, C] scores, got {tuple(scores.shape)}")
+        raise ValueError("per_class_thresholds: expected [N, C] scores, got "
+                         f"{tuple(scores.shape)}")
     return _sweep(scores, targets)
 
 

@@ -18,6 +18,7 @@ from hpsearch.config import TrialConfig
 from hpsearch.data import HierDataset, load_dataset
 from hpsearch.data.samplers import class_weights, resample_weights
 from hpsearch.errors import ConfigError
+from hpsearch.metrics.hierarchical import leaf_lca_heights
 from hpsearch.models import build_model
 from hpsearch.models.base import Head, HierarchicalClassifier
 from hpsearch.train.experiment import EXPERIMENTS, RunContext
@@ -98,7 +99,7 @@ class ClassifierExperiment:
         self.pre_train = Preprocess(augment=cfg.data.augment, **common)
         self.pre_eval = Preprocess(augment=False, **common)
         self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * ctx.rank)
-        self._lca = h.lca_height_matrix() if h.is_leveled else None
+        self._lca = leaf_lca_heights(h) if h.is_leveled else None
 
     @property
     def head(self) -> Head:

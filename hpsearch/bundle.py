@@ -1,0 +1,174 @@
+"""Self-contained export bundles and prediction from them (no Ray, no MLflow).
+
+A bundle directory holds ``manifest.json`` (task, family, files and their SHA-256),
+``config.json`` (the fully resolved trial config), ``hierarchy.json``, the weights, the
+preprocessing, and for image classifiers a ``torch.export`` program (``program.pt2``) that maps
+uint8 ``[B, H, W, C]`` images to per-level probabilities. ``SHA256SUMS`` covers every file;
+loading verifies it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpsearch.config import validate_trial
+from hpsearch.errors import ExportError
+from hpsearch.hierarchy import Hierarchy
+
+FORMAT_VERSION = 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bundle(exp: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Export experiment ``exp`` (its current weights) into ``out_dir``."""
+    from hpsearch.models import FAMILIES
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not empty; choose a new --out directory")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = exp.cfg
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "task": FAMILIES.get(cfg.model.family).task, "family": cfg.model.family,
+        "dataset": cfg.data.name, "torch": torch.__version__, **(extra or {}),
+    }
+    manifest.update(exp.export(out))
+    (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
+    hierarchy = getattr(exp, "hierarchy", None)
+    if hierarchy is not None:
+        (out / "hierarchy.json").write_text(json.dumps(hierarchy.to_dict()))
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json")
+    manifest["files"] = {f: _sha256(out / f) for f in files}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    sums = [f"{_sha256(out / f)}  {f}" for f in [*files, "manifest.json"]]
+    (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    hierarchy: Hierarchy | None
+
+    @property
+    def config(self):
+        return validate_trial(json.loads((self.path / "config.json").read_text()))
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Open a bundle and verify every checksum."""
+    p = Path(path)
+    if not (p / "manifest.json").is_file() or not (p / "SHA256SUMS").is_file():
+        raise ExportError(f"{p} is not an hpsearch bundle (no manifest.json / SHA256SUMS); "
+                          "create one with 'hpsearch export RUN_ID --out DIR'")
+    for line in (p / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        f = p / name
+        if not f.is_file():
+            raise ExportError(f"bundle file {f} is missing")
+        if _sha256(f) != digest:
+            raise ExportError(f"checksum mismatch for {f}: the bundle is corrupt or was edited")
+    manifest = json.loads((p / "manifest.json").read_text())
+    h = None
+    if (p / "hierarchy.json").is_file():
+        h = Hierarchy.from_dict(json.loads((p / "hierarchy.json").read_text()))
+    return Bundle(p, manifest, h)
+
+
+def read_images(paths: Sequence[str | Path], size: int, channels: int = 3) -> torch.Tensor:
+    """Decode image files (JPEG/PNG/...) with torchvision into uint8 ``[B, size, size, C]``."""
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_image
+
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    out = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ExportError(f"image {path} does not exist")
+        try:
+            img = decode_image(str(path), mode=mode)  # [C, H, W] uint8
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"cannot decode image {path}: {e}") from None
+        if img.shape[-2:] != (size, size):
+            img = F.interpolate(img[None].float(), size=(size, size), mode="bilinear",
+                                antialias=True, align_corners=False)[0]
+            img = img.round().clamp(0, 255).to(torch.uint8)
+        out.append(img.permute(1, 2, 0))
+    return torch.stack(out)
+
+
+class Predictor:
+    """Per-level probabilities for images, from a classifier bundle."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        if bundle.manifest.get("task") != "classifier":
+            raise ExportError(f"bundle {bundle.path} holds a {bundle.manifest.get('task')!r} "
+                              "model; 'predict' needs an image classifier")
+        self.bundle = bundle
+        self.h = bundle.hierarchy
+        self.pre = bundle.manifest["preprocess"]
+        if "program" in bundle.manifest:
+            self.fn = torch.export.load(str(bundle.path / bundle.manifest["program"])).module()
+        else:  # the family did not export: rebuild it from config + weights
+            from hpsearch.models import build_model
+            from hpsearch.train.classifier import PredictProgram
+            from hpsearch.train.loop import Preprocess
+
+            cfg = bundle.config
+            in_ch = 1 if cfg.model.grayscale else self.pre["channels"]
+            model = build_model(cfg.model, self.h, in_ch)
+            model.load_state_dict(torch.load(bundle.path / bundle.manifest["weights"],
+                                             map_location="cpu", weights_only=True))
+            pre = Preprocess(mean=tuple(self.pre["mean"]), std=tuple(self.pre["std"]),
+                             size=self.pre["size"], grayscale=self.pre["grayscale"])
+            self.fn = PredictProgram(model.eval(), pre)
+
+    @torch.no_grad()
+    def level_probs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        flat = self.fn(images)
+        return list(torch.split(flat, list(self.h.level_sizes), dim=-1))
+
+    def predict_files(self, paths: Sequence[str | Path], hedge: float | None = None
+                      ) -> list[dict[str, Any]]:
+        images = read_images(paths, self.pre["size"], self.pre["channels"])
+        probs = self.level_probs(images)
+        return [dict(image=str(p), path=path) for p, path in
+                zip(paths, label_paths(self.h, probs, hedge), strict=True)]
+
+
+def label_paths(h: Hierarchy, probs: list[torch.Tensor], hedge: float | None = None
+                ) -> list[list[dict[str, Any]]]:
+    """Root-to-leaf path per image: the most probable last-level label and its ancestors, each
+    with its (marginal) probability at its level. With ``hedge=τ`` the path stops at the
+    deepest level whose probability is ≥ τ (possibly empty)."""
+    leaf = probs[-1].argmax(-1)
+    out = []
+    for i in range(len(leaf)):
+        nodes = h.root_path(h.global_index(h.num_levels - 1, int(leaf[i])))
+        path = []
+        for lvl, g in enumerate(nodes):
+            p = float(probs[lvl][i, h.local_index(g)])
+            if hedge is not None and p < hedge:
+                break
+            level_name = h.level_names[lvl] if h.level_names else f"level_{lvl}"
+            path.append({"level": level_name, "label": h.names[g], "prob": round(p, 6)})
+        out.append(path)
+    return out

@@ -1,0 +1,320 @@
+"""Command line: parse, dispatch, print. The only module that reads argv.
+
+Every :class:`HpsearchError` becomes one line on stderr and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from hpsearch.errors import HpsearchError
+
+DEMO_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
+
+
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under "
+                   "--results-dir)")
+    p.add_argument("--results-dir", default="results", help="where the default MLflow store, "
+                   "Ray state and exports live (default: results)")
+
+
+def _tracker(args: argparse.Namespace, experiment: str | None):
+    from hpsearch.tracking import Tracker, default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.results_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise HpsearchError(f"no tracking store at {uri}; run 'hpsearch search' first or pass "
+                            "--tracking-uri")
+    t = Tracker(uri, experiment or "default")
+    t.check()
+    return t
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from hpsearch.search.space import load_space
+    from hpsearch.search.tuner import SearchOptions, run_search
+
+    space = load_space(args.space)
+    opts = SearchOptions(num_samples=args.num_samples, max_epochs=args.max_epochs,
+                         data_root=args.data_root, experiment=args.experiment,
+                         tracking_uri=args.tracking_uri, address=args.address, seed=args.seed,
+                         resume=args.resume, results_dir=args.results_dir,
+                         verbose=args.verbose)
+    out = run_search(space, opts)
+    print(f"\nsearch {out.search_id}: {out.num_trials} trials, {out.num_stopped_early} stopped "
+          f"early by ASHA, {out.num_errors} failed, {out.wall_s:.0f} s")
+    print(f"MLflow experiment {out.experiment!r} at {out.tracking_uri} "
+          f"(parent run {out.parent_run_id})")
+    if out.best:
+        print(f"best {out.best['metric']} = {out.best['value']:.4f}")
+    _print_best(_tracker_for(out.tracking_uri, out.experiment), space.metric, space.mode, 3,
+                out.search_id)
+    if args.export_best:
+        _export_best(out, space, args.export_best)
+    return 0 if out.num_errors < out.num_trials else 1
+
+
+def _tracker_for(uri: str, experiment: str):
+    from hpsearch.tracking import Tracker
+
+    return Tracker(uri, experiment)
+
+
+def _export_best(out, space, dest: str) -> Path:
+    t = _tracker_for(out.tracking_uri, out.experiment)
+    runs = t.best_runs(space.metric, space.mode, 1, search_id=out.search_id)
+    if not runs:
+        raise HpsearchError("no finished trial to export")
+    bundle = export_run(t, runs[0].info.run_id, Path(dest))
+    print(f"exported run {runs[0].info.run_id} -> {bundle}")
+    return bundle
+
+
+def _print_best(t, metric: str, mode: str, top: int, search_id: str | None = None) -> None:
+    from hpsearch.tracking import summarize_params
+
+    runs = t.best_runs(metric, mode, top, search_id=search_id)
+    if not runs:
+        print(f"no runs with metric {metric!r} in experiment {t.experiment_name!r}")
+        return
+    print(f"{'rank':<5}{metric:<22}{'test_' + metric.removeprefix('val_'):<22}run_id"
+          f"{'':<28}status    params")
+    keys = [k for k in runs[0].data.params if k.startswith(("optim.", "model.", "data."))]
+    shown = [k for k in ("model.family", "model.backbone", "optim.optimizer", "optim.lr",
+                         "optim.batch_size", "data.resample", "data.class_weights")
+             if k in keys]
+    test_key = "test_" + metric.removeprefix("val_")
+    for i, r in enumerate(runs, 1):
+        m = r.data.metrics
+        tv = f"{m[test_key]:.4f}" if test_key in m else "-"
+        status = r.data.tags.get("hpsearch.status", r.info.status)
+        if r.data.tags.get("hpsearch.stopped_early") == "true":
+            status = "ASHA-stop"
+        print(f"{i:<5}{m[metric]:<22.4f}{tv:<22}{r.info.run_id:<34}{status:<10}"
+              f"{summarize_params(r.data.params, shown)}")
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    t = _tracker(args, args.experiment)
+    _print_best(t, args.metric, args.mode, args.top)
+    return 0
+
+
+def export_run(t, run_id: str, out: Path) -> Path:
+    """Export an MLflow trial run's best checkpoint as a bundle."""
+    from hpsearch.bundle import write_bundle
+    from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE, experiment_from_checkpoint
+
+    run = t.get_run(run_id)
+    if run.data.tags.get("hpsearch.role") != "trial":
+        raise HpsearchError(f"run {run_id} is not a trial run of an hpsearch search")
+    ckpt = run.data.tags.get("hpsearch.checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not ckpt or not (Path(ckpt) / CHECKPOINT_FILE).exists():
+            try:
+                t.download(run_id, f"checkpoint/{BEST_FILE}", tmp)
+            except Exception as e:  # noqa: BLE001
+                raise HpsearchError(f"run {run_id} has no checkpoint on disk or in its "
+                                    f"artifacts: {str(e).splitlines()[0][:160]}") from None
+            ckpt = str(Path(tmp) / "checkpoint")
+        exp = experiment_from_checkpoint(Path(ckpt))
+        m = run.data.metrics
+        return write_bundle(exp, out, extra={"run_id": run_id, "metrics": {
+            k: v for k, v in m.items() if k.startswith(("val_", "test_", "best_"))}})
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    t = _tracker(args, None)
+    out = export_run(t, args.run_id, Path(args.out))
+    print(f"exported run {args.run_id} -> {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hpsearch.bundle import Predictor, load_bundle
+
+    pred = Predictor(load_bundle(args.bundle))
+    results = pred.predict_files(args.images, hedge=args.hedge)
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            path = " > ".join(f"{s['label']} ({s['prob']:.3f})" for s in r["path"]) or \
+                "(no level reaches the hedge threshold)"
+            print(f"{r['image']}: {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One trial in this process, no Ray (debugging and the in-process test)."""
+    from hpsearch.config import TrialConfig
+    from hpsearch.search.space import load_space
+    from hpsearch.train.driver import DirectoryReporter, run_trial
+
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    parsed = {k: _parse_value(v) for k, v in overrides.items()}
+    if args.space:
+        cfg = load_space(args.space).resolve({}, parsed)
+    else:
+        cfg = TrialConfig.from_flat(parsed)
+    rep = DirectoryReporter(Path(args.out), echo=print)
+    best = run_trial(cfg, rep, resume_from=Path(args.out) if args.resume else None)
+    print(f"best {cfg.metric} = {best.value:.4f} at epoch {best.epoch + 1}; checkpoint in "
+          f"{args.out}")
+    return 0
+
+
+def _parse_value(v: str):
+    import yaml
+
+    return yaml.safe_load(v)
+
+
+def cmd_families(args: argparse.Namespace) -> int:
+    from hpsearch.data import DATASETS
+    from hpsearch.models import BACKBONES, FAMILIES
+
+    for name in FAMILIES.names():
+        spec = FAMILIES.get(name)
+        print(f"{name:<22}{spec.task:<18}{spec.description}")
+    print(f"\nbackbones: {', '.join(BACKBONES.names())}")
+    print(f"datasets:  {', '.join(DATASETS.names())}")
+    return 0
+
+
+def cmd_class_embeddings(args: argparse.Namespace) -> int:
+    from hpsearch.class_embeddings import class_embeddings_command
+
+    print(class_embeddings_command(args.hierarchy_file, args.out, args.method, args.dim,
+                                   args.is_a, args.class_list))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The README's main job: a real search on the embedded data, then best, export, predict."""
+    args.space = str(DEMO_SPACE)
+    if args.export_best is None:
+        args.export_best = str(Path(args.results_dir) / "exports" /
+                               f"demo-{os.getpid()}")
+    rc = cmd_search(args)
+    bundle = Path(args.export_best)
+    if rc == 0 and bundle.exists():
+        imgs = _demo_images(bundle)
+        ns = argparse.Namespace(bundle=str(bundle), images=imgs, hedge=None, json=False)
+        print("\npredictions of the exported bundle on held-out synthetic test images:")
+        cmd_predict(ns)
+    return rc
+
+
+def _demo_images(bundle: Path) -> list[str]:
+    import torch
+    from torchvision.io import write_png
+
+    from hpsearch.bundle import load_bundle
+    from hpsearch.data import load_dataset
+
+    cfg = load_bundle(bundle).config
+    test = load_dataset(cfg.data).test
+    out = bundle / "demo-images"
+    out.mkdir(exist_ok=True)
+    paths = []
+    for i in range(3):
+        p = out / f"test_{i}.png"
+        write_png(torch.from_numpy(test.images[i].copy()).permute(2, 0, 1), str(p))
+        paths.append(str(p))
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hpsearch", description="Hyperparameter search for "
+                                 "hierarchical-label image models (Ray Tune + Optuna + MLflow)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def search_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--num-samples", type=int, help="number of trials (overrides the space)")
+        p.add_argument("--max-epochs", type=int, help="epochs of an unstopped trial")
+        p.add_argument("--data-root", help="dataset directory (overrides data.root)")
+        p.add_argument("--experiment", help="MLflow experiment (default: the space's name)")
+        p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+        p.add_argument("--seed", type=int, help="sampler and training seed")
+        p.add_argument("--resume", action="store_true", help="resume the newest unfinished "
+                       "search of this space")
+        p.add_argument("--export-best", metavar="DIR", help="export the best run to DIR")
+        p.add_argument("-v", "--verbose", type=int, default=1, help="Tune verbosity 0-3")
+        _add_tracking(p)
+
+    p = sub.add_parser("search", help="run a search from a YAML space")
+    p.add_argument("space", help="search-space YAML (see search_spaces/)")
+    search_args(p)
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("demo", help="search on the embedded data, print the best run, export "
+                       "it and predict with it")
+    search_args(p)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("best", help="top runs of an experiment from MLflow")
+    p.add_argument("--experiment", default="demo")
+    p.add_argument("--metric", default="val_micro_f1")
+    p.add_argument("--mode", choices=["max", "min"], default="max")
+    p.add_argument("--top", type=int, default=5)
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_best)
+
+    p = sub.add_parser("export", help="write a self-contained bundle of a trial run")
+    p.add_argument("run_id")
+    p.add_argument("--out", required=True)
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("predict", help="predict label paths for images with a bundle")
+    p.add_argument("bundle")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--hedge", type=float, metavar="TAU", help="stop at the deepest level with "
+                   "probability >= TAU")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("train", help="train one config in this process (no Ray, no MLflow)")
+    p.add_argument("--space", help="take fixed values from this space")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. optim.lr=0.1")
+    p.add_argument("--out", default="results/train-checkpoint")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("families", help="list model families, backbones and datasets")
+    p.set_defaults(fn=cmd_families)
+
+    p = sub.add_parser("class-embeddings", help="Barz & Denzler class embeddings of a "
+                       "hierarchy file")
+    p.add_argument("hierarchy_file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--method", choices=["unitsphere", "approx"], default="unitsphere")
+    p.add_argument("--dim", type=int)
+    p.add_argument("--is-a", action="store_true", help="lines are 'child parent'")
+    p.add_argument("--class-list", help="file with the target classes, one per line")
+    p.set_defaults(fn=cmd_class_embeddings)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except HpsearchError as e:
+        print(f"hpsearch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hpsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Tune callback that mirrors every trial into exactly one nested MLflow run.
+
+Ray's stock ``MLflowLoggerCallback`` neither nests runs nor survives ``Tuner.restore`` (it
+opens a second run for a resumed trial). This one looks its runs up by tags, so after a
+restore it finds and continues the same parent and child runs. It runs on the driver only:
+trials and Train workers never talk to MLflow.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from hpsearch.search.tuner import METRIC_PREFIXES
+from hpsearch.tracking import Tracker
+from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE
+
+
+class MLflowTrialCallback(Callback):
+    def __init__(self, uri: str, experiment: str, search_id: str, parent_run_id: str, *,
+                 family: str, dataset: str, max_epochs: int) -> None:
+        self.uri, self.experiment, self.search_id = uri, experiment, search_id
+        self.parent_run_id = parent_run_id
+        self.family, self.dataset, self.max_epochs = family, dataset, max_epochs
+        self._tracker: Tracker | None = None
+        self._runs: dict[str, str] = {}
+        self._last_epoch: dict[str, int] = {}
+        self._ckpt: dict[str, str] = {}
+
+    # the MLflow client does not pickle; Tune pickles callbacks into tuner.pkl
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["_tracker"], d["_runs"] = None, {}
+        return d
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri, self.experiment)
+        return self._tracker
+
+    def _run(self, trial: Any) -> str:
+        rid = self._runs.get(trial.trial_id)
+        if rid is None:
+            from hpsearch.train.worker import trial_config
+
+            rid, created = self.tracker.trial_run(
+                self.parent_run_id, self.search_id, trial.trial_id, name=str(trial),
+                tags={"family": self.family, "dataset": self.dataset})
+            if created:
+                cfg = trial_config(trial.config)
+                self.tracker.log_params(rid, cfg.flatten())
+            self._runs[trial.trial_id] = rid
+        return rid
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run(trial)
+
+    def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        rid = self._run(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = {k: v for k, v in result.items() if k.startswith(METRIC_PREFIXES)}
+        self.tracker.log_metrics(rid, metrics, step=epoch)
+        self._last_epoch[trial.trial_id] = epoch
+        if result.get("checkpoint_path"):  # TorchTrainer runs report their checkpoint here
+            self._ckpt[trial.trial_id] = str(result["checkpoint_path"])
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        path = getattr(checkpoint, "path", None)
+        if path:
+            self._ckpt[trial.trial_id] = str(path)
+
+    def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
+        rid = self._run(trial)
+        epoch = self._last_epoch.get(trial.trial_id, 0)
+        tags: dict[str, Any] = {"epochs_run": epoch}
+        ckpt = self._ckpt.get(trial.trial_id)
+        if ckpt is None and getattr(trial, "checkpoint", None) is not None:
+            ckpt = getattr(trial.checkpoint, "path", None)
+        if ckpt:
+            tags["checkpoint"] = ckpt
+            self._upload_checkpoint(rid, Path(ckpt))
+        if status == "FINISHED" and epoch < self.max_epochs:
+            tags["stopped_early"] = "true"
+        if error:
+            tags["error"] = error[:4000]
+        self.tracker.set_tags(rid, tags)
+        self.tracker.end_run(rid, status)
+
+    def _upload_checkpoint(self, rid: str, ckpt: Path) -> None:
+        """Copy the best weights (and the latest state) into the run's artifacts, so export
+        works after Ray's directories are gone."""
+        files = [f for f in (ckpt / BEST_FILE, ckpt / CHECKPOINT_FILE) if f.exists()]
+        if not files:
+            return
+        with tempfile.TemporaryDirectory() as d:
+            src = ckpt / BEST_FILE if (ckpt / BEST_FILE).exists() else ckpt / CHECKPOINT_FILE
+            (Path(d) / src.name).symlink_to(src)
+            self.tracker.log_artifacts(rid, d, "checkpoint")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        err = getattr(trial, "error_msg", None) or "trial raised an error"
+        self._finish(trial, "FAILED", str(err))

@@ -1,0 +1,260 @@
+"""Search-space YAML -> validated :class:`SearchSpace` (no Ray here).
+
+A space names the family and dataset, fixes values with dotted keys, and declares searched
+dimensions (log-uniform, uniform, int, categorical), optionally conditional on other
+dimensions (``when``). Everything is checked when loaded: unknown keys, empty ranges, unknown
+families/datasets/metrics, non-positive budgets -> :class:`ConfigError` naming the key.
+
+Example::
+
+    name: per_level_demo
+    family: per_level
+    dataset: synthetic
+    fixed: {optim.epochs: 6, model.backbone: small_cnn}
+    search:
+      optim.lr: {type: loguniform, low: 1.0e-3, high: 0.3}
+      optim.optimizer: {type: categorical, choices: [sgd, adam]}
+      optim.momentum: {type: uniform, low: 0.5, high: 0.99, when: {optim.optimizer: sgd}}
+    metric: val_micro_f1
+    mode: max
+    budget: {num_samples: 8, max_epochs: 6, grace_period: 1}
+    resources: {cpus_per_trial: 1}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hpsearch.config import TrialConfig, one_line
+from hpsearch.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Dimension(_Strict):
+    type: Literal["loguniform", "uniform", "int", "logint", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    choices: list[Any] | None = None
+    when: dict[str, Any] | None = None  # {other.key: value | [values]}: searched only then
+
+    @model_validator(mode="after")
+    def _check(self) -> Dimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("categorical takes 'choices', not low/high")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs 'low' and 'high'")
+        if not self.low < self.high:
+            raise ValueError(f"empty range: `low < high` must hold, but got (low={self.low}, "
+                             f"high={self.high})")
+        if self.type in ("loguniform", "logint") and self.low <= 0:
+            raise ValueError(f"{self.type} needs low > 0, got {self.low}")
+        return self
+
+    def first(self) -> Any:
+        """A representative value, used to validate the key against TrialConfig."""
+        if self.type == "categorical":
+            return self.choices[0]
+        return int(self.low) if self.type in ("int", "logint") else self.low
+
+
+class Budget(_Strict):
+    num_samples: int = Field(8, gt=0)  # trials
+    max_epochs: int = Field(6, gt=0)  # epochs of a trial that is never stopped early
+    grace_period: int = Field(1, gt=0)  # ASHA: epochs before a trial may be stopped
+    reduction_factor: float = Field(2.0, gt=1)  # ASHA: keep the top 1/eta at each rung
+    max_concurrent: int | None = Field(None, gt=0)  # default: what the cluster fits
+    time_budget_s: float | None = Field(None, gt=0)
+
+
+class Resources(_Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)  # in-process trial (one worker)
+    gpus_per_trial: float = Field(0.0, ge=0)  # fractions share a GPU between trials
+    num_workers: int = Field(1, gt=0)  # >1: DDP through a Ray Train TorchTrainer
+    cpus_per_worker: float = Field(1.0, gt=0)  # TorchTrainer workers
+    gpus_per_worker: float = Field(0.0, ge=0)
+    driver_cpus: float = Field(0.5, ge=0)  # the Tune trial that drives a TorchTrainer
+    force_trainer: bool = False  # TorchTrainer even for one worker
+    max_failures: int = Field(1, ge=0)  # Tune retries of a failed trial (from its checkpoint)
+
+
+class Sampler(_Strict):
+    type: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = Field(4, ge=0)
+    multivariate: bool = True
+
+
+class SearchSpace(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    family: str
+    dataset: str = "synthetic"
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Dimension] = Field(default_factory=dict)
+    metric: str = "val_micro_f1"
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    sampler: Sampler = Field(default_factory=Sampler)
+    budget: Budget = Field(default_factory=Budget)
+    resources: Resources = Field(default_factory=Resources)
+    description: str = ""
+
+    # ------------------------------------------------------------------ resolution
+    def base_tree(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fixed values + family/dataset/metric/resources as a flat dotted dict."""
+        flat: dict[str, Any] = {
+            "model.family": self.family, "data.name": self.dataset,
+            "metric": self.metric, "mode": self.mode,
+            "optim.epochs": self.budget.max_epochs,
+            "resources.num_workers": self.resources.num_workers,
+            "resources.use_gpu": (self.resources.gpus_per_trial > 0
+                                  or self.resources.gpus_per_worker > 0),
+            "resources.cpus_per_worker": self.resources.cpus_per_worker,
+            "resources.gpus_per_worker": self.resources.gpus_per_worker,
+            "resources.force_trainer": self.resources.force_trainer,
+        }
+        flat.update(self.fixed)
+        flat.update(overrides or {})
+        return flat
+
+    def resolve(self, sampled: dict[str, Any], overrides: dict[str, Any] | None = None
+                ) -> TrialConfig:
+        flat = self.base_tree(overrides)
+        flat.update({k: decode_choice(v) for k, v in sampled.items()})
+        return TrialConfig.from_flat(_undot_top(flat))
+
+
+def _undot_top(flat: dict[str, Any]) -> dict[str, Any]:
+    return flat  # keys are already dotted; top-level keys (seed, metric, mode) pass through
+
+
+def encode_choice(v: Any) -> Any:
+    """Optuna categorical choices must be None/bool/int/float/str: lists go as JSON strings."""
+    return v if v is None or isinstance(v, bool | int | float | str) else "json:" + json.dumps(v)
+
+
+def decode_choice(v: Any) -> Any:
+    return json.loads(v[5:]) if isinstance(v, str) and v.startswith("json:") else v
+
+
+def load_space(path: str | Path, *, check_registries: bool = True) -> SearchSpace:
+    """Read and validate a search-space YAML file (one-line :class:`ConfigError` on failure)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} malformed YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    return validate_space(raw, where=str(path), check_registries=check_registries)
+
+
+def validate_space(raw: dict[str, Any], *, where: str = "search space",
+                   check_registries: bool = True) -> SearchSpace:
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {one_line(e)}") from None
+    if check_registries:
+        from hpsearch.data import DATASETS
+        from hpsearch.models import FAMILIES
+
+        if space.family not in FAMILIES:
+            raise ConfigError(f"{where}: family: unknown model family {space.family!r}; "
+                              f"allowed: {', '.join(FAMILIES.names())}")
+        if space.dataset not in DATASETS:
+            raise ConfigError(f"{where}: dataset: unknown dataset {space.dataset!r}; "
+                              f"allowed: {', '.join(DATASETS.names())}")
+    for key, dim in space.search.items():
+        if key in space.fixed:
+            raise ConfigError(f"{where}: search.{key}: also given in 'fixed'; keep one")
+        for cond in (dim.when or {}):
+            if cond not in space.search:
+                raise ConfigError(f"{where}: search.{key}.when: {cond!r} is not a searched "
+                                  f"dimension; allowed: {', '.join(space.search)}")
+    # every key must resolve into a valid TrialConfig
+    try:
+        space.resolve({k: encode_choice(d.first()) for k, d in space.search.items()})
+        for key, dim in space.search.items():
+            if dim.type == "categorical":
+                for c in dim.choices:
+                    space.resolve({key: encode_choice(c)})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return space
+
+
+def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
+    """Define-by-run for Optuna: sample every active dimension into ``trial``.
+
+    Conditional dimensions are sampled only when their ``when`` clause holds, so Optuna's TPE
+    models them in their own sub-space. Returns nothing (Ray reads ``trial.params``).
+    """
+    values: dict[str, Any] = {}
+    pending = dict(space.search)
+    while pending:
+        progressed = False
+        for key, dim in list(pending.items()):
+            conds = dim.when or {}
+            if any(c in pending for c in conds):
+                continue  # decide after its conditions
+            del pending[key]
+            progressed = True
+            if not all(_matches(values.get(c, _MISSING), v) for c, v in conds.items()):
+                continue
+            values[key] = _suggest_one(trial, key, dim)
+        if not progressed:
+            raise ConfigError(f"search: circular 'when' conditions among {sorted(pending)}")
+    return values
+
+
+class DefineByRun:
+    """Picklable define-by-run callable for ``OptunaSearch(space=...)``: samples the space and
+    returns the constants every trial carries (Tune pickles the searcher to resume it)."""
+
+    def __init__(self, space: SearchSpace, constants: dict[str, Any]) -> None:
+        self.space, self.constants = space, constants
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        suggest(trial, self.space)
+        return self.constants
+
+
+_MISSING = object()
+
+
+def _matches(actual: Any, expected: Any) -> bool:
+    if actual is _MISSING:
+        return False
+    actual = decode_choice(actual)
+    options = expected if isinstance(expected, list) else [expected]
+    return any(actual == o for o in options)
+
+
+def _suggest_one(trial: Any, key: str, dim: Dimension) -> Any:
+    if dim.type == "categorical":
+        return trial.suggest_categorical(key, [encode_choice(c) for c in dim.choices])
+    if dim.type in ("int", "logint"):
+        return trial.suggest_int(key, int(dim.low), int(dim.high), step=int(dim.step or 1),
+                                 log=dim.type == "logint")
+    if dim.type == "loguniform":
+        return trial.suggest_float(key, dim.low, dim.high, log=True)
+    return trial.suggest_float(key, dim.low, dim.high, step=dim.step)
+

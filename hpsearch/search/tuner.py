@@ -1,0 +1,220 @@
+"""Run a search: Ray Tune + Optuna TPE (seeded) + ASHA, tracked in MLflow.
+
+Layout under ``results_dir``: ``mlflow.db`` (default tracking store), ``mlruns/`` (artifacts),
+``ray/<search_id>/`` (Tune experiment state, trial checkpoints), ``ray/train/`` (TorchTrainer
+runs). ``--resume`` restores the newest unfinished search of the same space name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.search.space import DefineByRun, SearchSpace
+from hpsearch.tracking import Tracker
+
+METRIC_PREFIXES = ("train_", "val_", "test_", "best_", "epoch")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    num_samples: int | None = None
+    max_epochs: int | None = None
+    data_root: str | None = None
+    experiment: str | None = None
+    tracking_uri: str | None = None
+    address: str | None = None
+    seed: int | None = None
+    resume: bool = False
+    results_dir: str = "results"
+    verbose: int = 1
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    search_id: str
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    num_trials: int
+    num_errors: int
+    num_stopped_early: int
+    best: dict[str, Any] | None
+    wall_s: float
+
+
+def _overrides(space: SearchSpace, opts: SearchOptions) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    if opts.max_epochs is not None:
+        o["optim.epochs"] = opts.max_epochs
+    if opts.data_root is not None:
+        o["data.root"] = str(Path(opts.data_root).resolve())
+    elif "data.root" in space.fixed and space.fixed["data.root"]:
+        o["data.root"] = str(Path(space.fixed["data.root"]).expanduser().resolve())
+    if opts.seed is not None:
+        o["seed"] = opts.seed
+    return o
+
+
+def preflight(space: SearchSpace, opts: SearchOptions) -> tuple[Tracker, Any]:
+    """Everything that can fail on bad input, before a single run is written anywhere:
+    the config resolves, the dataset loads (and its cache is built once for all trials),
+    the tracking store answers."""
+    from hpsearch.data import load_dataset
+    from hpsearch.tracking import default_tracking_uri
+
+    if opts.num_samples is not None and opts.num_samples <= 0:
+        raise ConfigError(f"--num-samples must be positive, got {opts.num_samples}")
+    if opts.max_epochs is not None and opts.max_epochs <= 0:
+        raise ConfigError(f"--max-epochs must be positive, got {opts.max_epochs}")
+    if opts.data_root is not None and not Path(opts.data_root).is_dir():
+        raise ConfigError(f"--data-root {opts.data_root} is not a directory")
+    cfg = space.resolve({}, _overrides(space, opts))
+    uri = opts.tracking_uri or default_tracking_uri(opts.results_dir)
+    tracker = Tracker(uri, opts.experiment or space.name,
+                      artifact_root=Path(opts.results_dir) / "mlruns")
+    tracker.check()
+    from hpsearch.models import FAMILIES
+
+    if FAMILIES.get(cfg.model.family).task == "classifier":
+        load_dataset(cfg.data)
+    return tracker, cfg
+
+
+def _max_concurrent(space: SearchSpace, opts: SearchOptions, per_trial: dict[str, float]
+                    ) -> int:
+    import ray
+
+    if space.budget.max_concurrent:
+        return space.budget.max_concurrent
+    res = ray.cluster_resources()
+    fits = [res.get(k.upper(), 0.0) / v for k, v in per_trial.items() if v > 0]
+    return max(1, int(math.floor(min(fits) + 1e-9))) if fits else 1
+
+
+def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
+    """Launch (or resume) the search described by ``space``; returns its outcome."""
+    t0 = time.time()
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    tracker, base_cfg = preflight(space, opts)
+    results = Path(opts.results_dir).resolve()
+    storage = results / "ray"
+    storage.mkdir(parents=True, exist_ok=True)
+
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from hpsearch.search.callbacks import MLflowTrialCallback
+    from hpsearch.train.worker import BASE_KEY, STORAGE_KEY, tune_trainable
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not ray.is_initialized():
+        if opts.address:
+            ray.init(address=opts.address, log_to_driver=opts.verbose > 1)
+        else:
+            ray.init(log_to_driver=opts.verbose > 1, include_dashboard=None)
+    r = space.resources
+    trainer_path = r.num_workers > 1 or r.force_trainer
+    per_trial = ({"cpu": r.driver_cpus} if trainer_path else
+                 {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+    need = ({"cpu": r.driver_cpus + r.num_workers * r.cpus_per_worker,
+             "gpu": r.num_workers * r.gpus_per_worker} if trainer_path else per_trial)
+    max_conc = _max_concurrent(space, opts, need)
+    trainable = tune.with_resources(tune_trainable, {k: v for k, v in per_trial.items() if v})
+
+    resume_path = _latest_resumable(storage, space.name) if opts.resume else None
+    if opts.resume and resume_path is None:
+        raise HpsearchError(f"--resume: no earlier search named {space.name!r} under {storage}")
+    search_id = resume_path.name if resume_path else f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    num_samples = opts.num_samples or space.budget.num_samples
+    max_epochs = base_cfg.optim.epochs
+    parent = tracker.search_run(search_id, search_id, tags={
+        "family": space.family, "dataset": space.dataset, "metric": space.metric},
+        params={"space": space.name, "num_samples": num_samples, "max_epochs": max_epochs,
+                "scheduler": space.scheduler, "sampler": space.sampler.type,
+                "sampler.seed": space.sampler.seed if opts.seed is None else opts.seed,
+                "max_concurrent": max_conc, **{f"search.{k}": v.model_dump_json(exclude_none=True)
+                                               for k, v in space.search.items()}})
+    callback = MLflowTrialCallback(tracker.uri, tracker.experiment_name, search_id, parent,
+                                   family=space.family, dataset=space.dataset,
+                                   max_epochs=max_epochs)
+    if resume_path is not None:
+        tuner = tune.Tuner.restore(str(resume_path), trainable=trainable,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        base = space.base_tree(_overrides(space, opts))
+        constants = {BASE_KEY: base, STORAGE_KEY: str(storage / "train")}
+        seed = space.sampler.seed if opts.seed is None else opts.seed
+        if space.sampler.type == "tpe":
+            sampler = optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=space.sampler.n_startup_trials,
+                multivariate=space.sampler.multivariate)
+        else:
+            sampler = optuna.samplers.RandomSampler(seed=seed)
+
+        searcher = OptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
+                                sampler=sampler)
+        if space.scheduler == "asha":
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                                      grace_period=min(space.budget.grace_period, max_epochs),
+                                      reduction_factor=space.budget.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        reporter = tune.CLIReporter(
+            metric_columns={"epoch": "ep", space.metric: space.metric,
+                            "train_loss": "loss"},
+            parameter_columns=list(space.search)[:6], max_report_frequency=15,
+            sort_by_metric=True)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
+                                        search_alg=searcher, scheduler=scheduler,
+                                        num_samples=num_samples, max_concurrent_trials=max_conc,
+                                        time_budget_s=space.budget.time_budget_s),
+            run_config=tune.RunConfig(
+                name=search_id, storage_path=str(storage), callbacks=[callback],
+                progress_reporter=reporter, verbose=opts.verbose,
+                failure_config=tune.FailureConfig(max_failures=r.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
+    grid = tuner.fit()
+    errors = grid.num_errors
+    stopped = sum(1 for res in grid
+                  if res.metrics and res.metrics.get("epoch", max_epochs) < max_epochs
+                  and res.error is None)
+    best = None
+    try:
+        b = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+        best = {"metric": space.metric, "value": b.metrics.get(space.metric),
+                "config": {k: v for k, v in b.config.items() if not k.startswith("__")},
+                "trial_id": b.metrics.get("trial_id")}
+    except Exception:  # noqa: BLE001 - no successful trial
+        best = None
+    tracker.log_metrics(parent, {"num_trials": len(grid), "num_errors": errors,
+                                 "num_stopped_early": stopped,
+                                 **({f"best_{space.metric}": best["value"]} if best and
+                                    best["value"] is not None else {})}, step=0)
+    tracker.end_run(parent, "FINISHED" if errors < len(grid) else "FAILED")
+    return SearchOutcome(search_id, tracker.experiment_name, tracker.uri, parent, len(grid),
+                         errors, stopped, best, time.time() - t0)
+
+
+def _latest_resumable(storage: Path, name: str) -> Path | None:
+    from ray import tune
+
+    cands = sorted((p for p in storage.glob(f"{name}-*") if p.is_dir()),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in cands:
+        if tune.Tuner.can_restore(str(p)):
+            return p
+    return None

@@ -1,0 +1,193 @@
+"""The one adapter over MLflow: experiments, parent/child runs, params, metrics, artifacts.
+
+Runs are found by tags, never by remembered ids, so a restored search (``--resume``) reopens
+the same parent run and the same child run per trial: exactly one MLflow run per trial.
+
+Tags written: ``hpsearch.search_id``, ``hpsearch.trial_id``, ``hpsearch.family``,
+``hpsearch.dataset``, ``hpsearch.status``, ``hpsearch.checkpoint`` (latest checkpoint dir),
+``hpsearch.role`` (``search`` or ``trial``) and MLflow's own ``mlflow.parentRunId``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from hpsearch.errors import TrackingError
+
+TAG = "hpsearch."
+DEFAULT_DB = Path("results") / "mlflow.db"
+
+
+def default_tracking_uri(results_dir: str | Path = "results") -> str:
+    """``sqlite:////abs/results/mlflow.db``: absolute, because Ray workers change directory."""
+    return f"sqlite:///{(Path(results_dir).resolve() / 'mlflow.db')}"
+
+
+def _client(uri: str):
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+class Tracker:
+    """MLflow access for one experiment.
+
+    Args:
+        uri: tracking URI (``sqlite:///...`` or ``http://host:5000``).
+        experiment: experiment name, created on first use with an absolute artifact root.
+        artifact_root: where a new local experiment keeps artifacts.
+    """
+
+    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None):
+        self.uri, self.experiment_name = uri, experiment
+        self._artifact_root = artifact_root
+        self._experiment_id: str | None = None
+        self.client = _client(uri)
+
+    # ------------------------------------------------------------------ connection
+    def check(self) -> None:
+        """Fail fast, with one line, when the store cannot be reached."""
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            if not db.parent.exists():
+                raise TrackingError(f"tracking URI {self.uri}: directory {db.parent} does not "
+                                    "exist")
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - any failure means unreachable
+            raise TrackingError(f"cannot reach the MLflow tracking store {self.uri}: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is None:
+                loc = None
+                if self._artifact_root is not None:
+                    loc = Path(self._artifact_root).resolve().as_uri()
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment_name, artifact_location=loc)
+                except Exception:  # noqa: BLE001 - lost a creation race: read it back
+                    exp = self.client.get_experiment_by_name(self.experiment_name)
+                    if exp is None:
+                        raise
+                    self._experiment_id = exp.experiment_id
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def existing_experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        if exp is None:
+            names = [e.name for e in self.client.search_experiments()]
+            raise TrackingError(f"no MLflow experiment {self.experiment_name!r} at {self.uri}; "
+                                f"existing: {', '.join(names) or 'none'}")
+        return exp.experiment_id
+
+    # ------------------------------------------------------------------ runs
+    def find_run(self, **tags: str):
+        flt = " and ".join(f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=2)
+        return runs[0] if runs else None
+
+    def search_run(self, search_id: str, name: str, tags: dict[str, str],
+                   params: dict[str, Any]) -> str:
+        """The parent run of a search (reused when the search is resumed)."""
+        run = self.find_run(search_id=search_id, role="search")
+        if run is not None:
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            f"{TAG}search_id": search_id, f"{TAG}role": "search",
+            **{f"{TAG}{k}": str(v) for k, v in tags.items()}})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def trial_run(self, parent_id: str, search_id: str, trial_id: str, name: str,
+                  tags: dict[str, str]) -> tuple[str, bool]:
+        """The run of one trial; returns (run_id, created)."""
+        run = self.find_run(search_id=search_id, trial_id=trial_id)
+        if run is not None:
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id, False
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            "mlflow.parentRunId": parent_id, f"{TAG}search_id": search_id,
+            f"{TAG}trial_id": trial_id, f"{TAG}role": "trial", f"{TAG}status": "RUNNING",
+            **{f"{TAG}{k}": str(v) for k, v in tags.items()}})
+        return run.info.run_id, True
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k if k.startswith("mlflow.") else f"{TAG}{k}", str(v))
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """status: FINISHED, FAILED or KILLED (MLflow's); also mirrored in ``hpsearch.status``."""
+        self.set_tags(run_id, {"status": status})
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path=path)
+
+    def download(self, run_id: str, path: str, dst: str | Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    # ------------------------------------------------------------------ queries
+    def best_runs(self, metric: str, mode: str = "max", top: int = 5,
+                  search_id: str | None = None) -> list[Any]:
+        flt = f"tags.`{TAG}role` = 'trial'"
+        if search_id:
+            flt += f" and tags.`{TAG}search_id` = '{search_id}'"
+        order = f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"
+        runs = self.client.search_runs([self.existing_experiment_id()], filter_string=flt,
+                                       order_by=[order], max_results=max(top * 4, 50))
+        runs = [r for r in runs if metric in r.data.metrics]
+        return runs[:top]
+
+    def get_run(self, run_id: str):
+        try:
+            return self.client.get_run(run_id)
+        except Exception as e:  # noqa: BLE001
+            raise TrackingError(f"no MLflow run {run_id!r} at {self.uri}: "
+                                f"{str(e).splitlines()[0][:160]}") from None
+
+    def count_runs(self, **tags: str) -> int:
+        flt = " and ".join(f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items()) or None
+        return len(self.client.search_runs([self.existing_experiment_id()], filter_string=flt,
+                                           max_results=10000))
+
+
+def _param_str(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+def summarize_params(params: dict[str, str], keys: Iterable[str]) -> str:
+    return " ".join(f"{k.split('.')[-1]}={params[k]}" for k in keys if k in params)
