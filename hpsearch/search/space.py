@@ -189,16 +189,32 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
             if cond not in space.search:
                 raise ConfigError(f"{where}: search.{key}.when: {cond!r} is not a searched "
                                   f"dimension; allowed: {', '.join(space.search)}")
-    # every key must resolve into a valid TrialConfig
+    # every key must resolve into a valid TrialConfig (and valid family params), each value
+    # tried together with the values its 'when' clause needs
     try:
-        space.resolve({k: encode_choice(d.first()) for k, d in space.search.items()})
         for key, dim in space.search.items():
-            if dim.type == "categorical":
-                for c in dim.choices:
-                    space.resolve({key: encode_choice(c)})
+            values = dim.choices if dim.type == "categorical" else [dim.first()]
+            for v in values:
+                sample = {c: (w[0] if isinstance(w, list) else w)
+                          for c, w in (dim.when or {}).items()}
+                sample[key] = v
+                cfg = space.resolve({k: encode_choice(x) for k, x in sample.items()})
+                if check_registries:
+                    _check_family(cfg)
+        if not space.search:
+            cfg = space.resolve({})
+            if check_registries:
+                _check_family(cfg)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     return space
+
+
+def _check_family(cfg: TrialConfig) -> None:
+    from hpsearch.models import FAMILIES
+
+    spec = FAMILIES.get(cfg.model.family)
+    spec.parse_params(cfg.model.params)
 
 
 def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:

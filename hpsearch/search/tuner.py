@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.search.space import DefineByRun, SearchSpace
 from hpsearch.tracking import Tracker
@@ -82,8 +84,31 @@ def preflight(space: SearchSpace, opts: SearchOptions) -> tuple[Tracker, Any]:
     from hpsearch.models import FAMILIES
 
     if FAMILIES.get(cfg.model.family).task == "classifier":
-        load_dataset(cfg.data)
+        check_metric(cfg, load_dataset(cfg.data))
     return tracker, cfg
+
+
+def check_metric(cfg: Any, data: Any) -> None:
+    """Evaluate an untrained model on a few validation images: the search metric must be
+    among the names the family produces (an unknown metric fails here, not in every trial)."""
+    import torch
+
+    from hpsearch.models import build_model
+    from hpsearch.train.loop import Preprocess, evaluate
+
+    in_ch = 1 if cfg.model.grayscale else data.channels
+    model = build_model(cfg.model, data.hierarchy, in_ch).eval()
+    n = min(4, len(data.val))
+    pre = Preprocess(mean=data.mean, std=data.std, size=cfg.data.image_size,
+                     grayscale=cfg.model.grayscale)
+    with torch.no_grad():
+        out = model(pre(torch.from_numpy(np.ascontiguousarray(data.val.images[:n]))))
+    names = evaluate(model.head, out, torch.from_numpy(data.val.level_labels[:n]),
+                     calibrate=True)
+    if cfg.metric.removeprefix("val_") not in names:
+        raise ConfigError(f"metric: {cfg.metric!r} is not produced by family "
+                          f"{cfg.model.family!r}; choose one of: "
+                          f"{', '.join('val_' + k for k in sorted(names))}")
 
 
 def _max_concurrent(space: SearchSpace, opts: SearchOptions, per_trial: dict[str, float]

@@ -1,0 +1,309 @@
+"""The ``label_embedding`` experiment: embed a label hierarchy alone (thesis §5.5, §6.1).
+
+Per epoch: shuffle the training positives, draw 2k negatives per positive on the device
+(:class:`NegativeSampler`, closure edges rejected), and minimise per batch
+
+    L = Σ_pos E(f(u), f(v)) + Σ_neg max(0, α − E(f(u'), f(v')))        (thesis eq. 2.3)
+
+as a *sum* over the batch (the published codes' reduction, so their learning rates carry over);
+the reported ``loss`` is L per positive. Negatives with no valid corruption are masked.
+
+``evaluate("val")`` picks the F1-optimal threshold on the fixed val positives/negatives
+(edge iff E <= t) and keeps it; ``evaluate("test")`` applies that threshold. Both also report
+the reconstruction of the whole label graph over all ordered pairs (thesis §6.1.1), whose
+threshold is chosen on that same set, as the thesis did.
+
+Data: ``cfg.data.params["label_source"]`` plus the other ``cfg.data.params`` go to
+:func:`hpsearch.data.labels.load_label_hierarchy`; without ``label_source`` the hierarchy of
+the image dataset ``cfg.data.name`` is used (source ``dataset``).
+
+Distributed runs are not data-parallel: the table is tiny, every rank runs the same seeded
+computation, so ``evaluate`` is identical on every rank. Use one worker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hpsearch.config import TrialConfig
+from hpsearch.embeddings.negatives import NegativeSampler
+from hpsearch.embeddings.optim import build_optimizer, build_scheduler
+from hpsearch.embeddings.splits import (
+    EdgeSplits,
+    make_edge_splits,
+    node_levels,
+    predefined_edge_splits,
+)
+from hpsearch.errors import ConfigError, DataError, NonFiniteLossError
+from hpsearch.metrics.edges import best_threshold_f1, f1_at_threshold, graph_reconstruction
+from hpsearch.models.base import FAMILIES
+from hpsearch.models.embedding_families import (
+    TASK,
+    LabelEmbedding,
+    LabelEmbeddingParams,
+    build_label_embedding,
+)
+from hpsearch.train.experiment import EXPERIMENTS, RunContext
+
+EMBEDDINGS_FILE = "label_embeddings.pt"
+NODES_FILE = "label_nodes.json"
+META_FILE = "label_embedding.json"
+RECON_CHUNK_ELEMS = 1 << 24  # energies per row block when reconstructing the graph
+
+
+def load_label_graph(cfg: TrialConfig) -> Any:
+    """The :class:`~hpsearch.data.labels.LabelGraph` named by ``cfg.data``."""
+    from hpsearch.data.labels import load_label_hierarchy
+
+    params = dict(cfg.data.params)
+    source = params.pop("label_source", None)
+    if source is None:
+        return load_label_hierarchy("dataset", name=cfg.data.name, root=cfg.data.root,
+                                    params=params)
+    return load_label_hierarchy(source, **params)
+
+
+def build_splits(graph: Any, p: LabelEmbeddingParams) -> EdgeSplits:
+    """Predefined splits of the graph when it has them (and ``use_predefined_splits``), else
+    the thesis §5.5 protocol seeded by ``split_seed``."""
+    n = len(graph.nodes)
+    closure = np.asarray(graph.closure, dtype=np.int64).reshape(-1, 2)
+    h = getattr(graph, "hierarchy", None)
+    level = np.asarray(h.depth) if h is not None else node_levels(closure, n)
+    basic = getattr(graph, "basic_edges", None)
+    if basic is None and h is not None:
+        basic = h.basic_edges
+    if p.use_predefined_splits and getattr(graph, "train", None) is not None:
+        return predefined_edge_splits(
+            n, closure, train=graph.train, valid=graph.valid, valid_neg=graph.valid_neg,
+            test=graph.test, test_neg=graph.test_neg, basic=basic, node_level=level)
+    s = make_edge_splits(
+        n, closure, non_basic_fraction=p.non_basic_fraction, basic=basic, node_level=level,
+        negatives_per_side=p.eval_negatives_per_side,
+        negative_strategy=p.eval_negative_strategy, seed=p.split_seed)
+    if len(s.val) == 0 or len(s.test) == 0:
+        raise DataError(
+            f"the label graph has {s.meta['non_basic']} non-basic edges, so the 5% val/test "
+            "splits are empty; label-only embedding needs a deeper or larger hierarchy")
+    return s
+
+
+def load_embedding_tensor(path: str | Path) -> torch.Tensor:
+    """A saved ``[N, d]`` embedding tensor (``label_embeddings.pt`` or its folder)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / EMBEDDINGS_FILE
+    if not p.is_file():
+        raise ConfigError(f"init_from={str(path)!r}: no {EMBEDDINGS_FILE} there; point it at "
+                          "an exported label-embedding run")
+    x = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        raise ConfigError(f"{p} does not hold an [N, d] tensor")
+    return x
+
+
+class LabelEmbeddingExperiment:
+    """Trains one label-embedding family on one label graph.
+
+    Args:
+        cfg: the trial config; ``cfg.model.family`` must be a ``label_embedding`` family.
+        ctx: device / rank.
+        graph: a LabelGraph-like object (``nodes``, ``closure``, ``hierarchy``, optional
+            ``basic_edges`` and predefined ``train/valid/valid_neg/test/test_neg``); loaded
+            from ``cfg.data`` when omitted.
+    """
+
+    def __init__(self, cfg: TrialConfig, ctx: RunContext | None = None,
+                 graph: Any | None = None) -> None:
+        self.cfg = cfg
+        self.ctx = ctx or RunContext()
+        self.device = torch.device(self.ctx.device)
+        spec = FAMILIES.get(cfg.model.family)
+        if spec.task != TASK:
+            raise ConfigError(f"model.family {cfg.model.family!r} is a {spec.task!r} family; "
+                              f"the label-embedding experiment needs one of "
+                              f"{', '.join(n for n in FAMILIES.names() if FAMILIES.get(n).task == TASK)}")
+        self.params: LabelEmbeddingParams = spec.parse_params(cfg.model.params)  # type: ignore
+        self.graph = graph if graph is not None else load_label_graph(cfg)
+        self.nodes = tuple(str(x) for x in self.graph.nodes)
+        self.splits = build_splits(self.graph, self.params)
+        n = self.splits.num_nodes
+
+        init_gen = torch.Generator().manual_seed(cfg.seed)
+        self.model: LabelEmbedding = build_label_embedding(cfg.model.family, self.params, n)
+        self.model.reset_parameters(init_gen)
+        self.model.to(self.device)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self._initialise()
+
+        p = self.params
+        self.optimizer = build_optimizer([self.model.weight], p.optimizer,  # type: ignore
+                                         lr=p.label_lr or cfg.optim.lr, momentum=p.momentum)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
+        self.sampler = NegativeSampler(
+            n, self.splits.closure, node_level=self.splits.node_level,
+            strategy=p.negative_strategy, negatives_per_side=p.negatives_per_side,
+            device=self.device)
+        t = lambda a: torch.as_tensor(a, dtype=torch.int64, device=self.device)  # noqa: E731
+        self.train_pos = t(self.splits.train)
+        self.eval_pairs = {"val": (t(self.splits.val), t(self.splits.val_neg)),
+                           "test": (t(self.splits.test), t(self.splits.test_neg))}
+        self.closure = t(self.splits.closure)
+        self.basic = t(self.splits.basic)
+        self.threshold: float | None = None
+        self.steps = 0
+        self._recon_cache: tuple[int, dict[str, float]] | None = None
+
+    # ------------------------------------------------------------------ init
+    def _initialise(self) -> None:
+        p = self.params
+        if p.init == "from_run":
+            self.model.set_embeddings(load_embedding_tensor(p.init_from))  # type: ignore
+        elif p.init == "poincare_init":
+            from hpsearch.embeddings.pretrain import poincare_pretrain
+
+            x = poincare_pretrain(
+                self.splits.train, self.splits.num_nodes, p.dim, closure=self.splits.closure,
+                epochs=p.init_epochs, lr=p.init_lr, burn_in=p.init_burn_in,  # type: ignore
+                batch_size=self.cfg.optim.batch_size, generator=self.gen, device=self.device,
+                dtype=self.model.weight.dtype)
+            self.model.set_embeddings(x * p.init_rescale)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ training
+    def _loss(self, pos: torch.Tensor, neg: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        e_pos = self.model.pair_energy(pos)  # [B]
+        e_neg = self.model.pair_energy(neg)  # [B, 2k]
+        hinge = (self.model.margin - e_neg).clamp_min(0) * ok
+        return e_pos.sum() + hinge.sum()
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        bs = self.cfg.optim.batch_size
+        perm = torch.randperm(len(self.train_pos), generator=self.gen, device=self.device)
+        pos = self.train_pos[perm]
+        neg, ok = self.sampler.sample(pos, generator=self.gen)  # [P, 2k, 2], [P, 2k]
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        clip = self.cfg.optim.grad_clip
+        for s in range(0, len(pos), bs):
+            loss = self._loss(pos[s:s + bs], neg[s:s + bs], ok[s:s + bs])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_([self.model.weight], clip)
+            self.optimizer.step()
+            self.steps += 1
+            total += loss.detach()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if self.scheduler is not None:
+            self.scheduler.step()
+        mean = float(total) / max(len(pos), 1)
+        if not np.isfinite(mean) or not bool(torch.isfinite(self.model.weight).all()):
+            raise NonFiniteLossError(
+                f"label-embedding loss became {mean} in epoch {epoch} "
+                f"(family {self.cfg.model.family}, lr {lr}); lower model.params.label_lr")
+        return {"loss": mean, "lr": lr, "valid_negative_fraction": float(ok.float().mean())}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _energies(self, pairs: torch.Tensor) -> torch.Tensor:
+        return self.model.pair_energy(pairs)
+
+    @torch.no_grad()
+    def _edge_metrics(self, split: str) -> dict[str, float]:
+        pos, neg = self.eval_pairs[split]
+        e_pos, e_neg = self._energies(pos), self._energies(neg)
+        if split == "val":
+            t, f1, prec, rec = best_threshold_f1(e_pos, e_neg)
+            self.threshold = t
+        else:
+            if self.threshold is None:
+                self._edge_metrics("val")
+            t = float(self.threshold)  # type: ignore[arg-type]
+            f1, prec, rec = f1_at_threshold(e_pos, e_neg, t)
+        loss = (e_pos.sum() + (self.model.margin - e_neg).clamp_min(0).sum()) / max(len(pos), 1)
+        return {"edge_f1": f1, "edge_precision": prec, "edge_recall": rec, "threshold": t,
+                "loss": float(loss)}
+
+    @torch.no_grad()
+    def reconstruction(self) -> dict[str, float]:
+        """All-ordered-pairs reconstruction (thesis §6.1.1), cached per parameter update."""
+        if self._recon_cache is not None and self._recon_cache[0] == self.steps:
+            return self._recon_cache[1]
+        n = self.splits.num_nodes
+        if n > self.params.recon_max_nodes:
+            out = {"recon_skipped": 1.0}
+        else:
+            emb = self.model()
+            rows = max(1, RECON_CHUNK_ELEMS // max(n * self.model.dim, 1))
+
+            def blocks():
+                for s in range(0, n, rows):
+                    yield self.model.energy(emb[s:s + rows, None, :], emb[None, :, :])
+
+            full = graph_reconstruction(blocks(), self.closure)
+            basic = graph_reconstruction(blocks(), self.basic)
+            out = {"recon_tpr": full["tpr"], "recon_tnr": full["tnr"], "full_f1": full["f1"],
+                   "recon_threshold": full["threshold"], "recon_basic_f1": basic["f1"]}
+        self._recon_cache = (self.steps, out)
+        return out
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        if split not in ("val", "test"):
+            raise ConfigError(f"label embeddings evaluate 'val' or 'test', got {split!r}")
+        self.model.eval()
+        out = self._edge_metrics(split)
+        out.update(self.reconstruction())
+        return out
+
+    # ------------------------------------------------------------------ state / export
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "threshold": self.threshold,
+            "steps": self.steps,
+            "generator": self.gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.threshold = state.get("threshold")
+        self.steps = int(state.get("steps", 0))
+        if state.get("generator") is not None:
+            self.gen.set_state(state["generator"].cpu())
+        self._recon_cache = None
+
+    @torch.no_grad()
+    def embeddings(self) -> torch.Tensor:
+        """``[N, d]`` label embeddings f(u) (on the CPU)."""
+        return self.model().detach().cpu()
+
+    def export(self, out_dir: Path) -> dict[str, Any]:
+        """Write ``label_embeddings.pt``, ``label_nodes.json`` and ``label_embedding.json``."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.threshold is None:
+            self.evaluate("val")
+        torch.save(self.embeddings(), out_dir / EMBEDDINGS_FILE)
+        (out_dir / NODES_FILE).write_text(json.dumps(list(self.nodes)))
+        meta = {"family": self.cfg.model.family, **self.model.describe(),
+                "threshold": self.threshold,
+                "convention": "edge (u, v) means v is-a u; predict an edge iff "
+                              "E(f(u), f(v)) <= threshold",
+                "splits": {**self.splits.summary(), **self.splits.meta}}
+        (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        return {"task": TASK, "files": [EMBEDDINGS_FILE, NODES_FILE, META_FILE],
+                "threshold": self.threshold, "energy": self.model.energy_kind,
+                "geometry": self.model.geometry}
+
+
+EXPERIMENTS.add(TASK, LabelEmbeddingExperiment)

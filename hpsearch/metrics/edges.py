@@ -1,0 +1,114 @@
+"""Edge-prediction metrics for order-preserving embeddings (pure functions, torch in/out).
+
+An edge is predicted iff its energy E <= t (low energy = edge; ties at t count as edges, as in
+both published codes). F1 = 2TP / (2TP + FP + FN); precision of an empty prediction is 0.
+
+The best threshold is searched over *all unique energies* (the published protocol) with one
+sort + cumsum: for the k smallest energies predicted positive, F1(k) = 2·TP(k) / (k + P), where
+P is the number of positives. Only the last index of every run of equal energies is a valid
+cut. The first maximum wins, i.e. the smallest best threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from hpsearch.errors import DataError, NonFiniteLossError
+
+
+def _flat(x: Tensor, name: str) -> Tensor:
+    x = torch.as_tensor(x).detach().reshape(-1)
+    if not torch.isfinite(x).all():
+        raise NonFiniteLossError(f"{name} energies contain NaN/inf; the embedding diverged")
+    return x.to(torch.float64)
+
+
+def best_threshold_f1(pos_energy: Tensor, neg_energy: Tensor
+                      ) -> tuple[float, float, float, float]:
+    """The threshold t maximising F1 of "edge iff E <= t" over the unique energies.
+
+    Args:
+        pos_energy: energies of true edges (any shape).
+        neg_energy: energies of non-edges (any shape).
+
+    Returns:
+        ``(t, f1, precision, recall)`` at the best (smallest on ties) threshold.
+
+    Raises:
+        DataError: no positives (F1 is undefined).
+        NonFiniteLossError: an energy is NaN/inf.
+    """
+    pos, neg = _flat(pos_energy, "positive"), _flat(neg_energy, "negative")
+    n_pos = len(pos)
+    if n_pos == 0:
+        raise DataError("best_threshold_f1 needs at least one positive energy")
+    e = torch.cat([pos, neg])
+    lab = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
+    e, order = torch.sort(e, stable=True)
+    tp = torch.cumsum(lab[order], 0)
+    k = torch.arange(1, len(e) + 1, dtype=torch.float64, device=e.device)
+    last = torch.ones_like(e, dtype=torch.bool)
+    last[:-1] = e[1:] != e[:-1]
+    f1 = torch.where(last, 2 * tp / (k + n_pos), torch.full_like(tp, -1.0))
+    i = int(torch.argmax(f1))  # first maximum
+    return float(e[i]), float(f1[i]), float(tp[i] / k[i]), float(tp[i] / n_pos)
+
+
+def f1_at_threshold(pos_energy: Tensor, neg_energy: Tensor, threshold: float
+                    ) -> tuple[float, float, float]:
+    """``(f1, precision, recall)`` of "edge iff E <= threshold"."""
+    pos, neg = _flat(pos_energy, "positive"), _flat(neg_energy, "negative")
+    tp = float((pos <= threshold).sum())
+    fp = float((neg <= threshold).sum())
+    fn = len(pos) - tp
+    p = tp / (tp + fp) if tp + fp > 0 else 0.0
+    r = tp / len(pos) if len(pos) else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) > 0 else 0.0
+    return f1, p, r
+
+
+def graph_reconstruction(energy: Tensor | Iterable[Tensor], positives: Tensor
+                         ) -> dict[str, float]:
+    """Reconstruction of a whole graph from pairwise energies (thesis §6.1.1).
+
+    Every ordered pair (u, v), u != v, is classified: ``positives`` are the true edges, every
+    other ordered pair is a negative. The threshold maximises F1 *on this same set* (as the
+    thesis did; there is no held-out set), then TPR = TP/|P| and TNR = TN/|N| are read at it.
+
+    Args:
+        energy: ``[N, N]`` matrix with ``energy[u, v] = E(f(u), f(v))``, or an iterable of
+            consecutive row blocks ``[r_i, N]`` (to build it chunk-wise on the device).
+        positives: ``[E, 2]`` (u, v) index pairs of true edges.
+
+    Returns:
+        ``{"tpr", "tnr", "f1", "precision", "threshold"}``.
+    """
+    blocks = [energy] if isinstance(energy, Tensor) else energy
+    pos_e, neg_e = [], []
+    positives = torch.as_tensor(positives).reshape(-1, 2)
+    row0 = 0
+    n = None
+    for blk in blocks:
+        blk = blk.detach()
+        r, n = blk.shape
+        mask = torch.zeros(r, n, dtype=torch.bool, device=blk.device)
+        sel = (positives[:, 0] >= row0) & (positives[:, 0] < row0 + r)
+        p = positives[sel].to(blk.device)
+        mask[p[:, 0] - row0, p[:, 1]] = True
+        diag = torch.arange(row0, min(row0 + r, n), device=blk.device)
+        keep = torch.ones(r, n, dtype=torch.bool, device=blk.device)
+        keep[diag - row0, diag] = False
+        pos_e.append(blk[mask & keep])
+        neg_e.append(blk[~mask & keep])
+        row0 += r
+    if n is None or row0 != n:
+        raise DataError(f"graph_reconstruction: row blocks cover {row0} rows of a "
+                        f"{n}-column energy matrix; they must cover it exactly")
+    pos, neg = torch.cat(pos_e), torch.cat(neg_e)
+    t, f1, prec, _ = best_threshold_f1(pos, neg)
+    tpr = float((pos <= t).double().mean())
+    tnr = float((neg > t).double().mean()) if len(neg) else 1.0
+    return {"tpr": tpr, "tnr": tnr, "f1": f1, "precision": prec, "threshold": t}

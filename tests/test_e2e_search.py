@@ -1,0 +1,132 @@
+"""Real searches through Ray Tune + Optuna + ASHA + MLflow (SQLite in a temp dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SPACE = """name: {name}
+family: per_level
+dataset: synthetic
+fixed:
+  data.params: {{level_sizes: [2, 4, 8], max_per_leaf: 24, min_per_leaf: 8,
+                 amplitudes: [0.6, 0.4, 0.3], grids: [2, 4, 8]}}
+  model.width: 8
+  optim.batch_size: 32
+search:
+  optim.lr: {{type: loguniform, low: 0.01, high: 0.2}}
+  optim.optimizer: {{type: categorical, choices: [sgd, adamw]}}
+budget: {{num_samples: 2, max_epochs: {epochs}, grace_period: 1}}
+resources: {resources}
+"""
+
+
+def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+           "RAY_DEDUP_LOGS": "0"}
+    return subprocess.run([sys.executable, "-m", "hpsearch.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as c:
+        return c.execute(sql).fetchall()
+
+
+def trial_runs(db: Path) -> list[tuple]:
+    return mlflow_rows(db, "select r.run_uuid, r.status from runs r join tags t on "
+                           "t.run_uuid = r.run_uuid where t.key = 'hpsearch.role' and "
+                           "t.value = 'trial'")
+
+
+def test_torchtrainer_search_best_export_predict(tmp_path):
+    """2 trials, each a TorchTrainer with 2 gloo DDP workers on CPU."""
+    f = tmp_path / "space.yaml"
+    f.write_text(SPACE.format(name="ddp", epochs=2, resources="{num_workers: 2, "
+                              "cpus_per_worker: 0.5, driver_cpus: 0.5}"))
+    res = tmp_path / "results"
+    r = cli("search", str(f), "--results-dir", str(res), "--export-best", str(tmp_path / "b"),
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    db = res / "mlflow.db"
+    runs = trial_runs(db)
+    assert len(runs) == 2 and all(s == "FINISHED" for _, s in runs)
+    # metrics were logged per epoch, nested under one parent
+    for run_id, _ in runs:
+        steps = mlflow_rows(db, f"select step from metrics where run_uuid = '{run_id}' and "
+                                "key = 'val_micro_f1' order by step")
+        assert [s for (s,) in steps][:1] == [1]
+        parent = mlflow_rows(db, f"select value from tags where run_uuid = '{run_id}' and "
+                                 "key = 'mlflow.parentRunId'")
+        assert len(parent) == 1
+        assert mlflow_rows(db, f"select count(*) from params where run_uuid = '{run_id}' "
+                               "and key = 'resources.num_workers'")[0][0] == 1
+    # the workers really ran as a DDP group of 2 (rank-0 report counts both shards)
+    imgs = mlflow_rows(db, "select max(value) from metrics where key = 'train_images'")[0][0]
+    assert imgs > 0
+    best = cli("best", "--experiment", "ddp", "--results-dir", str(res), cwd=tmp_path)
+    assert best.returncode == 0 and "val_micro_f1" in best.stdout
+    bundle = tmp_path / "b"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["family"] == "per_level" and "program" in manifest
+    # predict on two generated PNGs, without Ray or MLflow
+    import numpy as np
+    import torch
+    from torchvision.io import write_png
+
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"img{i}.png"
+        write_png(torch.from_numpy(np.random.default_rng(i).integers(
+            0, 255, (3, 32, 32), dtype=np.uint8)), str(p))
+        paths.append(str(p))
+    pr = cli("predict", str(bundle), *paths, "--json", cwd=tmp_path)
+    assert pr.returncode == 0, pr.stderr
+    out = [json.loads(line) for line in pr.stdout.strip().splitlines()]
+    assert len(out) == 2 and all(len(o["path"]) == 3 for o in out)
+    assert all(0 <= s["prob"] <= 1 for o in out for s in o["path"])
+
+
+def test_inprocess_search_resume_keeps_one_run_per_trial(tmp_path):
+    """Interrupt a search mid-trial (SIGINT), resume it: every trial still has one run."""
+    f = tmp_path / "space.yaml"
+    f.write_text(SPACE.format(name="res", epochs=6, resources="{cpus_per_trial: 1}")
+                 .replace("num_samples: 2", "num_samples: 3, max_concurrent: 1"))
+    res = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "hpsearch.cli", "search", str(f),
+                             "--results-dir", str(res)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = res / "mlflow.db"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(1)
+        try:
+            n = mlflow_rows(db, "select count(*) from metrics where key = 'val_micro_f1'")
+        except sqlite3.Error:
+            continue
+        if n and n[0][0] >= 2:
+            break
+    proc.send_signal(2)  # SIGINT: Tune saves its state and stops
+    proc.wait(timeout=120)
+    before = trial_runs(db)
+    assert 1 <= len(before) <= 3
+    r = cli("search", str(f), "--results-dir", str(res), "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    after = trial_runs(db)
+    assert len(after) == 3, after  # one run per trial, none duplicated by the restore
+    assert {rid for rid, _ in before} <= {rid for rid, _ in after}
+    assert all(s == "FINISHED" for _, s in after)
+    parents = mlflow_rows(db, "select count(*) from tags where key = 'hpsearch.role' and "
+                              "value = 'search'")
+    assert parents[0][0] == 1

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from hpsearch.config import TrialConfig
+from hpsearch.errors import ConfigError
+from hpsearch.search.space import load_space, suggest, validate_space
+
+BASE = {"name": "t", "family": "per_level", "dataset": "synthetic",
+        "search": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}}
+
+
+def _err(**changes) -> str:
+    raw = {**BASE, **changes}
+    with pytest.raises(ConfigError) as e:
+        validate_space(raw)
+    return str(e.value)
+
+
+def test_bad_spaces_name_the_key():
+    assert "family: unknown model family 'nope'; allowed: " in _err(family="nope")
+    assert "dataset: unknown dataset 'x'" in _err(dataset="x")
+    assert "search.optim.lr: Value error, empty range" in _err(
+        search={"optim.lr": {"type": "uniform", "low": 1, "high": 1}})
+    assert "optim.lrr: unknown key" in _err(
+        search={"optim.lrr": {"type": "uniform", "low": 0.1, "high": 1}})
+    assert "budget.num_samples" in _err(budget={"num_samples": 0})
+    assert "colour: unknown key" in _err(colour="red")
+    assert "optim.optimizer: got 'rmsprop'" in _err(
+        search={"optim.optimizer": {"type": "categorical", "choices": ["sgd", "rmsprop"]}})
+    assert "when: 'optim.x' is not a searched" in _err(
+        search={"optim.lr": {"type": "uniform", "low": 0.1, "high": 1,
+                             "when": {"optim.x": 1}}})
+
+
+def test_malformed_yaml(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("name: x\nsearch: [unclosed\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_space(f)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_space(tmp_path / "missing.yaml")
+
+
+def test_conditional_dimensions_and_list_choices():
+    space = validate_space({**BASE, "search": {
+        "optim.optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+        "optim.momentum": {"type": "uniform", "low": 0.5, "high": 0.9,
+                           "when": {"optim.optimizer": "sgd"}},
+        "optim.level_weights": {"type": "categorical", "choices": [[1, 1, 1, 1], [0, 0, 0, 1]]},
+    }})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        t = study.ask()
+        suggest(t, space)
+        seen.add(t.params["optim.optimizer"])
+        assert ("optim.momentum" in t.params) == (t.params["optim.optimizer"] == "sgd")
+        cfg = space.resolve(t.params)
+        assert cfg.optim.level_weights in ((1, 1, 1, 1), (0, 0, 0, 1))
+        study.tell(t, 0.0)
+    assert seen == {"sgd", "adam"}
+
+
+def test_trial_config_flat_roundtrip():
+    cfg = TrialConfig.from_flat({"optim.lr": 0.2, "model.params.dim": 3, "seed": 4})
+    flat = cfg.flatten()
+    assert flat["optim.lr"] == 0.2 and flat["model.params.dim"] == 3 and flat["seed"] == 4
+    assert TrialConfig.from_flat(flat) == cfg
+    with pytest.raises(ConfigError, match="optim.lr: Input should be greater than 0"):
+        TrialConfig.from_flat({"optim.lr": -1})
+
+
+def test_shipped_spaces_validate():
+    from pathlib import Path
+
+    for f in sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml")):
+        load_space(f)
