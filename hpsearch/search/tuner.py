@@ -77,14 +77,14 @@ def preflight(space: SearchSpace, opts: SearchOptions) -> tuple[Tracker, Any]:
     if opts.data_root is not None and not Path(opts.data_root).is_dir():
         raise ConfigError(f"--data-root {opts.data_root} is not a directory")
     cfg = space.resolve({}, _overrides(space, opts))
-    uri = opts.tracking_uri or default_tracking_uri(opts.results_dir)
-    tracker = Tracker(uri, opts.experiment or space.name,
-                      artifact_root=Path(opts.results_dir) / "mlruns")
-    tracker.check()
     from hpsearch.models import FAMILIES
 
     if FAMILIES.get(cfg.model.family).task == "classifier":
         check_metric(cfg, load_dataset(cfg.data))
+    uri = opts.tracking_uri or default_tracking_uri(opts.results_dir)
+    tracker = Tracker(uri, opts.experiment or space.name,
+                      artifact_root=Path(opts.results_dir) / "mlruns")
+    tracker.check()
     return tracker, cfg
 
 
