@@ -150,25 +150,37 @@ class Predictor:
                       ) -> list[dict[str, Any]]:
         images = read_images(paths, self.pre["size"], self.pre["channels"])
         probs = self.level_probs(images)
+        cumulative = self.bundle.manifest.get("family") in CUMULATIVE_FAMILIES
         return [dict(image=str(p), path=path) for p, path in
-                zip(paths, label_paths(self.h, probs, hedge), strict=True)]
+                zip(paths, label_paths(self.h, probs, hedge, cumulative=cumulative),
+                    strict=True)]
 
 
-def label_paths(h: Hierarchy, probs: list[torch.Tensor], hedge: float | None = None
-                ) -> list[list[dict[str, Any]]]:
-    """Root-to-leaf path per image: the most probable last-level label and its ancestors, each
-    with its (marginal) probability at its level. With ``hedge=τ`` the path stops at the
-    deepest level whose probability is ≥ τ (possibly empty)."""
-    leaf = probs[-1].argmax(-1)
+# families whose per-level scores are not marginals: hedge on the product along the path
+CUMULATIVE_FAMILIES = frozenset({"per_level", "masked_per_level", "cosine_embedding",
+                                 "multilabel"})
+
+
+def label_paths(h: Hierarchy, probs: list[torch.Tensor], hedge: float | None = None, *,
+                cumulative: bool = False) -> list[list[dict[str, Any]]]:
+    """Root-to-leaf path per image (greedy top-down through the hierarchy, so it is always a
+    consistent path), each node with its probability at its level. With ``hedge=τ`` the path
+    stops before the first level whose confidence is below τ (see
+    :mod:`hpsearch.models.hedging`; ``cumulative`` multiplies probabilities along the path)."""
+    from hpsearch.models.hedging import hedged_paths, predicted_path
+
+    path = predicted_path(probs, h)
+    depth = torch.full((len(path),), h.num_levels)
+    if hedge is not None:
+        depth, _ = hedged_paths(probs, hedge, hierarchy=h, cumulative=cumulative)
     out = []
-    for i in range(len(leaf)):
-        nodes = h.root_path(h.global_index(h.num_levels - 1, int(leaf[i])))
-        path = []
-        for lvl, g in enumerate(nodes):
-            p = float(probs[lvl][i, h.local_index(g)])
-            if hedge is not None and p < hedge:
-                break
+    for i in range(len(path)):
+        steps = []
+        for lvl in range(int(depth[i])):
+            local = int(path[i, lvl])
+            g = h.global_index(lvl, local)
             level_name = h.level_names[lvl] if h.level_names else f"level_{lvl}"
-            path.append({"level": level_name, "label": h.names[g], "prob": round(p, 6)})
-        out.append(path)
+            steps.append({"level": level_name, "label": h.names[g],
+                          "prob": round(float(probs[lvl][i, local]), 6)})
+        out.append(steps)
     return out

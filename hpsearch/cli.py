@@ -151,6 +151,60 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hedge_curve(args: argparse.Namespace) -> int:
+    """Accuracy vs. specificity of hedged predictions over τ on a split; logged to the run."""
+    import numpy as np
+
+    from hpsearch.bundle import CUMULATIVE_FAMILIES
+    from hpsearch.models.hedging import accuracy_specificity_curve
+    from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE, experiment_from_checkpoint
+
+    t = _tracker(args, None)
+    run = t.get_run(args.run_id)
+    ckpt = run.data.tags.get("hpsearch.checkpoint")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not ckpt or not (Path(ckpt) / CHECKPOINT_FILE).exists():
+            t.download(args.run_id, f"checkpoint/{BEST_FILE}", tmp)
+            ckpt = str(Path(tmp) / "checkpoint")
+        exp = experiment_from_checkpoint(Path(ckpt))
+        if not hasattr(exp, "head"):
+            raise HpsearchError(f"run {args.run_id} is not an image classifier")
+        out, lab = exp.outputs(args.split)
+        exp.evaluate("val")  # calibrate decision thresholds as during training
+        probs = [p.cpu() for p in exp.head.level_probs(out.to(next(exp.model.parameters()).device))]
+        taus = np.round(np.linspace(0.0, 1.0, args.points), 4).tolist()
+        curve = accuracy_specificity_curve(
+            probs, lab, taus, hierarchy=exp.hierarchy,
+            cumulative=exp.cfg.model.family in CUMULATIVE_FAMILIES)
+        d = Path(tmp) / "hedging"
+        d.mkdir()
+        (d / f"curve_{args.split}.json").write_text(json.dumps(curve, indent=1))
+        rows = ["tau,accuracy,mean_depth,specificity"] + [
+            f"{c['tau']},{c['accuracy']:.6f},{c['mean_depth']:.6f},{c['specificity']:.6f}"
+            for c in curve]
+        (d / f"curve_{args.split}.csv").write_text("\n".join(rows) + "\n")
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(4.5, 3.5))
+            ax.plot([c["specificity"] for c in curve], [c["accuracy"] for c in curve], "o-")
+            ax.set_xlabel("specificity (mean depth / levels)")
+            ax.set_ylabel("accuracy of hedged prediction")
+            ax.set_title(f"{exp.cfg.model.family}, {args.split} split")
+            fig.tight_layout()
+            fig.savefig(d / f"curve_{args.split}.png", dpi=120)
+            plt.close(fig)
+        except ImportError:
+            pass
+        t.log_artifacts(args.run_id, d, "hedging")
+        print("\n".join(rows))
+    print(f"logged hedging/curve_{args.split}.* to run {args.run_id}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial in this process, no Ray (debugging and the in-process test)."""
     from hpsearch.config import TrialConfig
@@ -205,14 +259,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rc = cmd_search(args)
     bundle = Path(args.export_best)
     if rc == 0 and bundle.exists():
-        imgs = _demo_images(bundle)
-        ns = argparse.Namespace(bundle=str(bundle), images=imgs, hedge=None, json=False)
+        imgs, truth = _demo_images(bundle)
         print("\npredictions of the exported bundle on held-out synthetic test images:")
-        cmd_predict(ns)
+        for img, true in zip(imgs, truth, strict=True):
+            cmd_predict(argparse.Namespace(bundle=str(bundle), images=[img], hedge=None,
+                                           json=False))
+            print(f"    true: {' > '.join(true)}")
+        print("\nwith --hedge 0.5 (stop at the deepest level the model is sure of):")
+        cmd_predict(argparse.Namespace(bundle=str(bundle), images=imgs, hedge=0.5, json=False))
     return rc
 
 
-def _demo_images(bundle: Path) -> list[str]:
+def _demo_images(bundle: Path) -> tuple[list[str], list[list[str]]]:
+    import numpy as np
     import torch
     from torchvision.io import write_png
 
@@ -220,15 +279,18 @@ def _demo_images(bundle: Path) -> list[str]:
     from hpsearch.data import load_dataset
 
     cfg = load_bundle(bundle).config
-    test = load_dataset(cfg.data).test
-    out = bundle / "demo-images"
+    data = load_dataset(cfg.data)
+    h, test = data.hierarchy, data.test
+    out = bundle.parent / f"{bundle.name}-demo-images"
     out.mkdir(exist_ok=True)
-    paths = []
-    for i in range(3):
+    paths, truth = [], []
+    for i in np.random.default_rng(0).choice(len(test), size=4, replace=False):
         p = out / f"test_{i}.png"
         write_png(torch.from_numpy(test.images[i].copy()).permute(2, 0, 1), str(p))
         paths.append(str(p))
-    return paths
+        truth.append([h.names[h.global_index(lvl, int(x))]
+                      for lvl, x in enumerate(test.level_labels[i])])
+    return paths, truth
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "probability >= TAU")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("hedge-curve", help="accuracy vs. specificity of hedged predictions "
+                       "over tau on a split, logged as an artifact of the run")
+    p.add_argument("run_id")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--points", type=int, default=21)
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_hedge_curve)
 
     p = sub.add_parser("train", help="train one config in this process (no Ray, no MLflow)")
     p.add_argument("--space", help="take fixed values from this space")

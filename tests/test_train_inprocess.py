@@ -63,6 +63,8 @@ def test_trial_trains_checkpoints_and_resumes(tmp_path):
         assert key in last and np.isfinite(last[key]), key
     assert rep.history[0]["train_loss"] > last["train_loss"]
     assert last["val_micro_f1_level_0"] > 0.6  # the coarse level is learnt in 3 epochs
+    table = (tmp_path / "ck" / "reports" / "per_label_f1_test.csv").read_text().splitlines()
+    assert table[0].startswith("level,label,train_count") and len(table) == 1 + 2 + 4 + 8
     state = load_checkpoint(tmp_path / "ck")
     assert state["epoch"] == 2 and state["best"]["epoch"] == best.epoch
     # continue the same trial to 5 epochs: only epochs 4 and 5 run

@@ -74,14 +74,15 @@ def as_path_list(value: str | Path | Iterable[str | Path], where: str) -> list[P
     return out
 
 
-def split_counts(n: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> tuple:
+def split_counts(
+    n: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> tuple[int, int, int]:
     """Images of one label per split: 80/10/10, equal thirds below 10 images (thesis §1.2.1).
 
-    Rounding: ``n_val = n_test = round(0.1 n)`` for ``n >= 10`` and train takes the rest, so
-    nothing is dropped. Below 10 images the images are dealt round-robin test, val, train,
-    i.e. ``n_train = ceil(n/3)``, ``n_val = round(n/3)`` ...; a label with 1 image goes to
-    train only and a label with 2 images to train + test (a label must be trainable first,
-    and a test image beats a val image for reporting).
+    ``n >= 10``: ``n_val = n_test = round(0.1 n)`` and train takes the rest, so nothing is
+    dropped. ``3 <= n < 10``: ``n // 3`` each, the remainder going to train first, then test
+    (5 -> 2/1/2). A label with 1 image goes to train only and one with 2 images to train +
+    test: it must be trainable first, and a test image serves reporting better than a val one.
 
     Returns:
         ``(n_train, n_val, n_test)`` summing to ``n``.
@@ -146,7 +147,8 @@ def pad_to_leveled(h: Hierarchy) -> Hierarchy:
     leaf was shallow gets a larger height, so height-based similarities change.
     """
     if not h.is_tree:
-        raise ConfigError("leveling='pad' needs a tree; this hierarchy has a node with two parents")
+        raise ConfigError("leveling='pad' needs a tree; this hierarchy has a node with two "
+                          "parents")
     deepest = h.num_levels - 1
     edges: list[tuple[str, str]] = []
     nodes: list[str] = []

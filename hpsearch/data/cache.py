@@ -85,8 +85,8 @@ def cached_image_array(
         key_parts: JSON-serialisable identity of the content (source files + fingerprints,
             order, options); a different key is a different entry.
         paths_or_loader: image files or :class:`Encoded` bytes (decoded to RGB) in row order,
-            or a callable returning a
-            uint8 ``[N, H, W, C]`` array (CIFAR pickles, IDX files), which is resized.
+            or a uint8 ``[N, H, W, C]`` array (CIFAR pickles, IDX files; resized), or a
+            callable returning either, called only when the entry must be built.
         size: side of the square output; ``None`` keeps the loader's size (paths need a size).
         cache: the cache root (see :func:`cache_root`).
         name: entry-name prefix, for humans browsing the cache.
@@ -105,6 +105,8 @@ def cached_image_array(
     with _locked(d / ".lock"):
         if final.is_file():  # another process finished it while we waited
             return np.load(final, mmap_mode="r")
+        for stale in d.glob("images.tmp-*.npy"):  # left by a killed build; we hold the lock
+            stale.unlink(missing_ok=True)
         tmp = d / f"images.tmp-{os.getpid()}.npy"
         try:
             src = paths_or_loader() if callable(paths_or_loader) else paths_or_loader
@@ -125,12 +127,14 @@ def cached_image_array(
 
 def resize_uint8(batch: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 ``[N, H, W, C]`` to ``[N, size, size, C]``: bilinear with antialias."""
+    if batch.shape[1] == size and batch.shape[2] == size:
+        return np.ascontiguousarray(batch, dtype=np.uint8)
     import torch
     import torchvision.transforms.v2.functional as TF
 
-    if batch.shape[1] == size and batch.shape[2] == size:
-        return np.ascontiguousarray(batch, dtype=np.uint8)
-    t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+    if not batch.flags.writeable or not batch.flags.c_contiguous:
+        batch = np.array(batch, dtype=np.uint8, order="C")  # torch wants writable memory
+    t = torch.from_numpy(batch).permute(0, 3, 1, 2)
     out = TF.resize(t, [size, size], antialias=True)
     return out.permute(0, 2, 3, 1).contiguous().numpy()
 
@@ -170,7 +174,8 @@ def decode_image(src: Path | Encoded, size: int) -> np.ndarray:
     img = None
     try:
         import torch
-        from torchvision.io import ImageReadMode, decode_image as tv_decode
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_image as tv_decode
 
         t = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                       mode=ImageReadMode.RGB)
@@ -219,4 +224,3 @@ def _write_from_paths(
         finally:
             torch.set_num_threads(prev)
     out.flush()
-    del out

@@ -267,7 +267,9 @@ def _source_dataset(**params: Any) -> LabelGraph:
     try:
         cfg = DataConfig(**params)
     except Exception as err:  # pydantic ValidationError -> one line
-        raise ConfigError(f"label source 'dataset': invalid data options {params}: {err}") from None
+        msg = "; ".join(str(err).splitlines())
+        raise ConfigError(f"label source 'dataset': invalid data options {params}: "
+                          f"{msg}") from None
     DATASETS.get(cfg.name)  # unknown name -> ConfigError listing the allowed ones
     fn = _DATASET_HIERARCHY.get(cfg.name)
     h = fn(cfg) if fn is not None else DATASETS.get(cfg.name)(cfg).hierarchy

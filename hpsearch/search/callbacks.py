@@ -16,7 +16,7 @@ from ray.tune import Callback
 
 from hpsearch.search.tuner import METRIC_PREFIXES
 from hpsearch.tracking import Tracker
-from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE
+from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE, REPORTS_DIR
 
 
 class MLflowTrialCallback(Callback):
@@ -98,6 +98,8 @@ class MLflowTrialCallback(Callback):
     def _upload_checkpoint(self, rid: str, ckpt: Path) -> None:
         """Copy the best weights (and the latest state) into the run's artifacts, so export
         works after Ray's directories are gone."""
+        if (ckpt / REPORTS_DIR).is_dir():
+            self.tracker.log_artifacts(rid, ckpt / REPORTS_DIR, "reports")
         files = [f for f in (ckpt / BEST_FILE, ckpt / CHECKPOINT_FILE) if f.exists()]
         if not files:
             return

@@ -100,6 +100,12 @@ class ClassifierExperiment:
         self.pre_eval = Preprocess(augment=False, **common)
         self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * ctx.rank)
         self._lca = leaf_lca_heights(h) if h.is_leveled else None
+        self._sim = None
+        if h.is_leveled:
+            from hpsearch.class_embeddings import lcs_height_similarity
+
+            self._sim = torch.as_tensor(lcs_height_similarity(h, list(h.levels[-1])),
+                                        dtype=torch.float32)
 
     @property
     def head(self) -> Head:
@@ -142,7 +148,31 @@ class ClassifierExperiment:
 
     def evaluate(self, split: str) -> dict[str, float]:
         out, lab = self.outputs(split)
-        return evaluate(self.head, out, lab, calibrate=split == "val", lca_heights=self._lca)
+        return evaluate(self.head, out, lab, calibrate=split == "val", lca_heights=self._lca,
+                        retrieval_sim=self._sim)
+
+    def reports(self, split: str) -> dict[str, str]:
+        """Text artifacts for the best epoch: per-label F1 against training-set size
+        (thesis Fig. 4.1 as a table) and its summary by training-count bucket."""
+        if self.head.decision != "argmax" or not self.hierarchy.is_leveled:
+            return {}
+        from hpsearch.metrics.hierarchical import (
+            f1_by_count_bucket,
+            per_label_f1_vs_train_size,
+            train_counts_from_labels,
+        )
+
+        out, lab = self.outputs(split)
+        dev = next(self.model.parameters()).device
+        pred = self.head.predict_levels(out.to(dev)).cpu()
+        counts = train_counts_from_labels(self.data.train.level_labels, self.hierarchy)
+        rows = per_label_f1_vs_train_size(pred, lab, counts, self.hierarchy)
+        table = [",".join(rows[0]._fields)] + [",".join(str(v) for v in r) for r in rows]
+        buckets = f1_by_count_bucket(rows, per_level=True)
+        btable = [",".join(buckets[0]._fields)] + [",".join(str(v) for v in b)
+                                                   for b in buckets] if buckets else []
+        return {f"per_label_f1_{split}.csv": "\n".join(table) + "\n",
+                f"f1_by_train_count_{split}.csv": "\n".join(btable) + "\n"}
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

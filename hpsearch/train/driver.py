@@ -22,6 +22,7 @@ from hpsearch.train.experiment import Experiment, RunContext, build_experiment
 
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
+REPORTS_DIR = "reports"  # text artifacts of the best epoch (e.g. per-label F1 tables)
 
 
 class Reporter(Protocol):
@@ -44,8 +45,13 @@ class BestSoFar:
 
 
 def save_checkpoint(path: Path, exp: Experiment, epoch: int, best: BestSoFar,
-                    best_state: dict[str, Any] | None) -> None:
+                    best_state: dict[str, Any] | None,
+                    reports: dict[str, str] | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
+    if reports:
+        (path / REPORTS_DIR).mkdir(exist_ok=True)
+        for name, text in reports.items():
+            (path / REPORTS_DIR / name).write_text(text)
     torch.save({"experiment": exp.state_dict(), "epoch": epoch, "config": exp.cfg.model_dump(),
                 "best": vars(best)}, path / CHECKPOINT_FILE)
     if best_state is not None:
@@ -69,12 +75,15 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
     """
     ctx = ctx or RunContext()
     exp = (experiment_factory or build_experiment)(cfg, ctx)
-    best, start, best_state = BestSoFar(), 0, None
+    best, start, best_state, reports = BestSoFar(), 0, None, {}
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
         state = load_checkpoint(resume_from)
         exp.load_state_dict(state["experiment"])
         start = state["epoch"] + 1
         best = BestSoFar(**state["best"])
+        rdir = Path(resume_from) / REPORTS_DIR
+        if rdir.is_dir():
+            reports = {f.name: f.read_text() for f in rdir.iterdir() if f.is_file()}
         if (Path(resume_from) / BEST_FILE).exists():
             best_state = torch.load(Path(resume_from) / BEST_FILE, map_location="cpu",
                                     weights_only=False)["experiment"]
@@ -92,6 +101,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
             best.value, best.epoch = val[metric], epoch
             best.test = exp.evaluate("test")
             best_state = _cpu_copy(exp.state_dict())
+            reports = exp.reports("test") if hasattr(exp, "reports") else {}
         metrics: dict[str, float] = {"epoch": float(epoch + 1)}
         metrics.update({f"train_{k}": v for k, v in train.items()})
         metrics.update({f"val_{k}": v for k, v in val.items()})
@@ -101,7 +111,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
         ckpt = None
         if ctx.is_main:
             ckpt = Path(tempfile.mkdtemp(prefix="hpsearch-ckpt-"))
-            save_checkpoint(ckpt, exp, epoch, best, best_state)
+            save_checkpoint(ckpt, exp, epoch, best, best_state, reports)
         report(metrics, ckpt)
         if ckpt is not None and ckpt.exists():
             shutil.rmtree(ckpt, ignore_errors=True)

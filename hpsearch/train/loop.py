@@ -164,7 +164,8 @@ def collect_outputs(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]],
 
 
 def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bool = False,
-             lca_heights: np.ndarray | None = None) -> dict[str, float]:
+             lca_heights: np.ndarray | None = None,
+             retrieval_sim: Tensor | None = None) -> dict[str, float]:
     """Metrics of a whole split from the gathered model outputs.
 
     Args:
@@ -173,6 +174,11 @@ def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bo
         level_labels: ``[N, L]`` true local labels.
         calibrate: tune the head's decision parameters on these outputs first (validation).
         lca_heights: cached LCA-height matrix of the last level (for hierarchical metrics).
+        retrieval_sim: ``[C, C]`` LCS-height similarity of the last level; with it, families
+            that do not compute retrieval themselves get ``mahp_250`` / ``hp_at_<k>`` with the
+            L2-normalised leaf-probability vector as the image's descriptor, plus leaf
+            ``accuracy`` and ``balanced_accuracy``, so every family is comparable with
+            Barz & Denzler's embeddings in one table.
     """
     h = head.hierarchy
     dev = next(iter(head.parameters()), torch.zeros(0)).device
@@ -189,4 +195,15 @@ def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bo
         metrics.update(hierarchical_metric_suite(probs, level_labels.cpu(), h,
                                                  lca_height_matrix=lca_heights))
     metrics.update(head.eval_metrics(outputs, level_labels))
+    if retrieval_sim is not None and "mahp_250" not in metrics and len(outputs) >= 3:
+        from hpsearch.metrics.retrieval import balanced_accuracy, retrieval_metrics
+
+        leaf = head.level_probs(outputs)[-1].float().cpu()
+        y = level_labels[:, -1].cpu()
+        metrics.setdefault("accuracy", float((leaf.argmax(-1) == y).double().mean()))
+        metrics.setdefault("balanced_accuracy", balanced_accuracy(leaf.argmax(-1), y))
+        k = min(250, len(outputs) - 1)
+        res = retrieval_metrics(F.normalize(leaf, dim=-1), y, {"": retrieval_sim},
+                                ks=(1, 10, 50, 100), ahp_k=k)
+        metrics.update({key.replace(f"mahp_{k}", "mahp_250", 1): v for key, v in res.items()})
     return metrics

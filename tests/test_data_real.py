@@ -1,0 +1,404 @@
+"""Real-dataset loaders on tiny generated stand-ins (plus the shared files when present)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import struct
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hpsearch.config import DataConfig
+from hpsearch.data import DATASETS, load_dataset
+from hpsearch.data._io import split_counts, stratified_split
+from hpsearch.data.cache import cached_image_array
+from hpsearch.data.cifar import CIFAR10_CLASSES
+from hpsearch.data.ethec import ethec_hierarchy, ethec_image_relpath, load_ethec_records
+from hpsearch.data.fmnist import FMNIST_CLASSES
+from hpsearch.errors import ConfigError, DataError
+
+SHARED = Path(os.environ.get("HPSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+ETHEC_META = [SHARED / "data" / "ethec" / f for f in ("val.json", "test.json")]
+CIFAR_TAR = SHARED / "data" / "cifar10" / "cifar10-jpg.tar.gz"
+
+
+def jpeg(path: Path, rgb: tuple[int, int, int], size: int = 20) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), rgb, dtype=np.uint8)).save(path, quality=95)
+
+
+def mean_rgb(img: np.ndarray) -> np.ndarray:
+    return img.reshape(-1, img.shape[-1]).mean(0)
+
+
+def test_registered_names():
+    assert {"ethec", "cifar10", "cifar100", "fashion_mnist", "image_folder"} <= set(DATASETS)
+
+
+def test_split_counts_follow_the_thesis():
+    assert split_counts(1) == (1, 0, 0)  # train only
+    assert split_counts(2) == (1, 0, 1)  # train + test
+    assert split_counts(3) == (1, 1, 1)
+    assert split_counts(5) == (2, 1, 2)
+    assert split_counts(9) == (3, 3, 3)
+    assert split_counts(10) == (8, 1, 1)
+    assert split_counts(6000) == (4800, 600, 600)
+    s = stratified_split(np.repeat([0, 1], [12, 2]), seed=3)
+    assert np.bincount(s[:12], minlength=3).tolist() == [10, 1, 1]
+    assert np.bincount(s[12:], minlength=3).tolist() == [1, 0, 1]
+    assert (s == stratified_split(np.repeat([0, 1], [12, 2]), seed=3)).all()
+
+
+def test_cache_builds_once_under_concurrency(tmp_path):
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return np.full((3, 4, 4, 1), 7, dtype=np.uint8)
+
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(
+        cached_image_array(["k"], loader, 2, cache=tmp_path))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(out) == 3
+    assert all(isinstance(a, np.memmap) and a.shape == (3, 2, 2, 1) for a in out)
+    assert (out[0] == 7).all()
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+# ---------------------------------------------------------------------------- ETHEC
+LEAVES = [  # (family, subfamily, genus, epithet, n_images)
+    ("Hesperiidae", "Pyrginae", "Pyrgus", "alveus", 12),
+    ("Hesperiidae", "Pyrginae", "Pyrgus", "armoricanus", 5),
+    ("Hesperiidae", "Hesperiinae", "Ochlodes", "venata", 2),
+    ("Pieridae", "Pierinae", "Aporia", "crataegi", 1),
+]
+
+
+def ethec_records(n_offset: int = 0) -> dict[str, dict]:
+    recs, k = {}, n_offset
+    for fam, sub, gen, ep, n in LEAVES:
+        for _ in range(n):
+            file = f"ETHZ_ENT01_2017_02_{k % 28 + 1:02d}_{k:06d}.JPG"
+            tok = f"tok-{k}"
+            rec = {"token": tok, "image_path": file[11:21] + "R", "image_name": file,
+                   "family": fam, "subfamily": sub, "genus": gen, "specific_epithet": ep,
+                   "subspecific_epithet": "", "barcode": f"B{k}"}
+            if k == n_offset + 3:  # the real metadata has a few like this
+                rec["image_path"], rec["image_name"] = file, ""
+            recs[tok] = rec
+            k += 1
+    return recs
+
+
+def write_ethec_images(root: Path, recs: dict[str, dict]) -> dict[str, tuple]:
+    colour = {}
+    for i, rec in enumerate(recs.values()):
+        rgb = ((i * 37) % 256, (i * 91) % 256, (255 - i * 13) % 256)
+        jpeg(root / "IMAGO_build_test_resized" / ethec_image_relpath(rec), rgb)
+        colour[rec["token"]] = rgb
+    return colour
+
+
+def test_ethec_record_paths():
+    a = {"image_path": "2017_02_26R", "image_name": "ETHZ_ENT01_2017_02_26_000182.JPG"}
+    b = {"image_path": "ETHZ_ENT01_2017_03_13_001805.JPG", "image_name": ""}
+    assert ethec_image_relpath(a) == "2017_02_26R/ETHZ_ENT01_2017_02_26_000182.JPG"
+    assert ethec_image_relpath(b) == "2017_03_13R/ETHZ_ENT01_2017_03_13_001805.JPG"
+    with pytest.raises(DataError, match="not like"):
+        ethec_image_relpath({"image_path": "x", "image_name": ""})
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in ETHEC_META), reason="shared ETHEC absent")
+def test_ethec_shared_metadata_has_the_full_tree():
+    h = ethec_hierarchy(ETHEC_META)
+    assert h.level_sizes == (6, 21, 135, 561) and h.offsets == (0, 6, 27, 162)
+    recs = load_ethec_records(ETHEC_META[0])
+    assert len(recs) == 5286
+    assert sum(".JPG" in r["image_path"] for r in recs) == 6
+
+
+def test_ethec_published_splits_end_to_end(tmp_path):
+    recs = ethec_records()
+    toks = list(recs)
+    # a leaf that appears only in test must still be in the hierarchy
+    split_of = {t: ("test" if recs[t]["genus"] == "Aporia" else
+                    "val" if i % 4 == 1 else "test" if i % 4 == 2 else "train")
+                for i, t in enumerate(toks)}
+    for s in ("train", "val", "test"):
+        (tmp_path / f"{s}.json").write_text(json.dumps(
+            {t: recs[t] for t in toks if split_of[t] == s}))
+    colour = write_ethec_images(tmp_path, recs)
+    cfg = DataConfig(name="ethec", root=str(tmp_path), image_size=8,
+                     params={"cache_dir": str(tmp_path / "cache"), "workers": 2})
+    ds = load_dataset(cfg)
+    h = ds.hierarchy
+    assert h.level_sizes == (2, 3, 3, 4) and ds.meta["splits"] == "published"
+    assert "Aporia_crataegi" in h.index
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [
+        sum(v == s for v in split_of.values()) for s in ("train", "val", "test")]
+    assert ds.train.images.dtype == np.uint8 and ds.train.images.shape[1:] == (8, 8, 3)
+    assert isinstance(ds.test.images, np.memmap) and ds.channels == 3
+    assert ds.mean == (0.485, 0.456, 0.406)
+    by_file = {ethec_image_relpath(r): r for r in recs.values()}
+    for split in (ds.train, ds.val, ds.test):
+        for img, lab, rel in zip(split.images, split.level_labels, split.ids, strict=True):
+            rec = by_file[rel]
+            assert np.abs(mean_rgb(img) - colour[rec["token"]]).max() < 6  # JPEG + resize
+            names = [h.names[h.global_index(lvl, int(j))] for lvl, j in enumerate(lab)]
+            assert names == [rec["family"], rec["subfamily"], rec["genus"],
+                             f"{rec['genus']}_{rec['specific_epithet']}"]
+    # second load comes from the cache: the images are no longer needed
+    for f in (tmp_path / "IMAGO_build_test_resized").rglob("*.JPG"):
+        f.unlink()
+    again = load_dataset(cfg)
+    assert np.array_equal(np.asarray(again.train.images), np.asarray(ds.train.images))
+
+
+def test_ethec_resplit_small_and_errors(tmp_path):
+    recs = ethec_records()
+    (tmp_path / "ethec_all.json").write_text(json.dumps(recs))
+    write_ethec_images(tmp_path, recs)
+    cfg = DataConfig(name="ethec", root=str(tmp_path), image_size=4,
+                     params={"cache_dir": str(tmp_path / "c"), "split_seed": 1})
+    ds = load_dataset(cfg)
+    assert ds.meta["splits"] == "resplit"
+    leaf = {s: [ds.hierarchy.names[ds.hierarchy.offsets[-1] + int(j)]
+                for j in getattr(ds, s).level_labels[:, -1]] for s in ("train", "val", "test")}
+    count = {s: {x: leaf[s].count(x) for x in set(sum(leaf.values(), []))} for s in leaf}
+    assert [count[s]["Pyrgus_alveus"] for s in leaf] == [10, 1, 1]
+    assert [count[s]["Pyrgus_armoricanus"] for s in leaf] == [2, 1, 2]
+    assert [count[s]["Ochlodes_venata"] for s in leaf] == [1, 0, 1]
+    assert [count[s]["Aporia_crataegi"] for s in leaf] == [1, 0, 0]
+    same = load_dataset(cfg)
+    assert same.val.ids == ds.val.ids
+    other = load_dataset(cfg.model_copy(update={"params": {**cfg.params, "split_seed": 2}}))
+    assert other.test.ids != ds.test.ids or other.val.ids != ds.val.ids
+    # ETHEC Small keeps only Table 2.1 leaves (here Pyrgus alveus, Ochlodes venata, Aporia
+    # crataegi)
+    small = load_dataset(cfg.model_copy(update={"params": {**cfg.params, "small": True}}))
+    assert small.hierarchy.level_sizes == (2, 3, 3, 3)
+    with pytest.raises(ConfigError, match="colour"):
+        load_dataset(cfg.model_copy(update={"params": {"colour": 1}}))
+    with pytest.raises(DataError, match="train.json"):
+        load_dataset(cfg.model_copy(update={"params": {**cfg.params, "splits": "published"}}))
+    # a missing image names the file
+    missing = next(iter((tmp_path / "IMAGO_build_test_resized").rglob("*.JPG")))
+    missing.unlink()
+    with pytest.raises(DataError, match=missing.name):
+        load_dataset(cfg.model_copy(update={"image_size": 5}))
+
+
+def test_ethec_malformed_metadata(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"t": {"family": "F", "image_name": "x"}}))
+    with pytest.raises(DataError, match=r"bad.json: record 't' has no 'subfamily'"):
+        load_ethec_records(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_ethec_records(tmp_path / "broken.json")
+
+
+# ---------------------------------------------------------------------------- CIFAR-10
+def write_cifar10_pickles(d: Path, per_class: int) -> None:
+    d.mkdir(parents=True)
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        y = np.repeat(np.arange(10), per_class)
+        x = np.repeat((y * 20 + 5).astype(np.uint8)[:, None], 3072, axis=1)
+        with open(d / f, "wb") as fh:
+            pickle.dump({b"data": x, b"labels": y.tolist()}, fh)
+
+
+def test_cifar10_pickles_pooled_split(tmp_path):
+    write_cifar10_pickles(tmp_path / "cifar-10-batches-py", per_class=2)  # 12 per class
+    cfg = DataConfig(name="cifar10", root=str(tmp_path), image_size=8,
+                     params={"cache_dir": str(tmp_path / "c")})
+    ds = load_dataset(cfg)
+    assert ds.hierarchy.level_sizes == (2, 4, 10)
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [100, 10, 10]  # 10/1/1 per class
+    h = ds.hierarchy
+    for split in (ds.train, ds.val, ds.test):
+        for img, lab in zip(split.images, split.level_labels, strict=True):
+            cls = h.names[h.offsets[2] + int(lab[2])]
+            assert img[0, 0, 0] == CIFAR10_CLASSES.index(cls) * 20 + 5
+            assert h.names[int(lab[0])] == ("living" if cls in {
+                "cat", "deer", "dog", "horse", "bird", "frog"} else "non-living")
+    cat = h.index["cat"]
+    assert h.names[h.parents[cat][0]] == "mammal"
+    assert {h.names[c] for c in h.children[h.index["craft"]]} == {"airplane", "ship"}
+    lim = load_dataset(cfg.model_copy(update={"params": {**cfg.params, "limit_per_class": 3}}))
+    assert [len(lim.train), len(lim.val), len(lim.test)] == [10, 10, 10]
+    std = load_dataset(cfg.model_copy(update={"val_fraction": 0.2, "params": {
+        **cfg.params, "splits": "standard"}}))
+    assert [len(std.train), len(std.val), len(std.test)] == [80, 20, 20]
+
+
+def test_cifar10_jpeg_folder_and_archive(tmp_path):
+    colours = {"cat": (250, 10, 10), "ship": (10, 10, 250), "frog": (10, 250, 10)}
+    for split, n in (("train", 4), ("test", 1)):
+        for cls, rgb in colours.items():
+            for i in range(n):
+                jpeg(tmp_path / "jpg" / split / cls / f"{i:04d}.jpg", rgb, size=32)
+    cfg = DataConfig(name="cifar10", root=str(tmp_path / "jpg"), image_size=16,
+                     params={"cache_dir": str(tmp_path / "c")})
+    ds = load_dataset(cfg)
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [6, 3, 6]  # 5 per class: 2/1/2
+    h = ds.hierarchy
+    for img, lab in zip(ds.train.images, ds.train.level_labels, strict=True):
+        cls = h.names[h.offsets[2] + int(lab[2])]
+        assert np.abs(mean_rgb(img) - colours[cls]).max() < 6
+    # the same tree inside a .tar.gz (with a top folder), read without extracting
+    tar = tmp_path / "cifar.tar.gz"
+    with tarfile.open(tar, "w:gz") as tf:
+        tf.add(tmp_path / "jpg", arcname="cifar10")
+    ar = load_dataset(DataConfig(name="cifar10", image_size=16, params={
+        "archive": str(tar), "cache_dir": str(tmp_path / "c2")}))
+    assert [len(ar.train), len(ar.val), len(ar.test)] == [6, 3, 6]
+    assert np.array_equal(np.asarray(ar.train.level_labels), np.asarray(ds.train.level_labels))
+    assert np.abs(np.asarray(ar.train.images, float) - np.asarray(ds.train.images)).max() < 1
+    (tmp_path / "jpg" / "train" / "unicorn").mkdir()
+    with pytest.raises(DataError, match="unicorn"):
+        load_dataset(cfg.model_copy(update={"image_size": 8}))
+
+
+@pytest.mark.skipif(not CIFAR_TAR.is_file(), reason="shared CIFAR-10 tarball absent")
+def test_cifar10_real_tarball(tmp_path):
+    ds = load_dataset(DataConfig(name="cifar10", image_size=32, params={
+        "archive": str(CIFAR_TAR), "limit_per_class": 3, "cache_dir": str(tmp_path)}))
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [10, 10, 10]
+    assert ds.train.images.shape == (10, 32, 32, 3)
+    assert float(np.asarray(ds.train.images).std()) > 10  # real pictures, not blank
+    assert all(i.startswith(("train/", "test/")) for i in ds.train.ids)
+
+
+# ---------------------------------------------------------------------------- Fashion-MNIST
+def idx_bytes(arr: np.ndarray) -> bytes:
+    head = bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">i", d) for d in arr.shape)
+    return head + arr.astype(np.uint8).tobytes()
+
+
+def test_fashion_mnist_idx(tmp_path):
+    for prefix, per_class in (("train", 6), ("t10k", 2)):
+        y = np.repeat(np.arange(10), per_class)
+        x = np.repeat((y * 25 + 3).astype(np.uint8)[:, None, None], 28, 1).repeat(28, 2)
+        imgs, labs = idx_bytes(x), idx_bytes(y)
+        if prefix == "train":  # gzip for train, raw for test
+            (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(imgs))
+            (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labs))
+        else:
+            (tmp_path / "t10k-images-idx3-ubyte").write_bytes(imgs)
+            (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(labs)
+    cfg = DataConfig(name="fashion_mnist", root=str(tmp_path), image_size=28,
+                     params={"val_size": 10, "cache_dir": str(tmp_path / "c")})
+    ds = load_dataset(cfg)
+    h = ds.hierarchy
+    assert h.level_sizes == (3, 10)
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [50, 10, 20]
+    assert ds.channels == 3 and ds.train.images.shape[1:] == (28, 28, 3)
+    for img, lab in zip(ds.val.images, ds.val.level_labels, strict=True):
+        cls = h.names[h.offsets[1] + int(lab[1])]
+        assert (img == FMNIST_CLASSES.index(cls) * 25 + 3).all()
+        group = h.names[int(lab[0])]
+        assert group == {"trouser": "bottom-wear-and-accessories", "bag":
+                         "bottom-wear-and-accessories", "sandal": "footwear", "sneaker":
+                         "footwear", "ankle-boot": "footwear"}.get(cls, "top-wear")
+    grey = load_dataset(cfg.model_copy(update={"image_size": 14, "params": {
+        **cfg.params, "channels": 1}}))
+    assert grey.channels == 1 and grey.train.images.shape[1:] == (14, 14, 1)
+    assert len(grey.mean) == 1
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x09\x01")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte: bad magic"):
+        load_dataset(cfg)
+
+
+# ---------------------------------------------------------------------------- CIFAR-100
+def write_cifar100(d: Path) -> None:
+    d.mkdir(parents=True)
+    fine = ["apple", "bus", "maple_tree", "pear"]
+    coarse_of = [0, 1, 2, 0]  # fruit, vehicles, trees
+    for f, n in (("train", 5), ("test", 1)):
+        y = np.repeat(np.arange(4), n)
+        x = np.repeat((y * 60).astype(np.uint8)[:, None], 3072, axis=1)
+        with open(d / f, "wb") as fh:
+            pickle.dump({b"data": x, b"fine_labels": y.tolist(),
+                         b"coarse_labels": [coarse_of[i] for i in y]}, fh)
+    with open(d / "meta", "wb") as fh:
+        pickle.dump({b"fine_label_names": [s.encode() for s in fine],
+                     b"coarse_label_names": [b"fruit", b"vehicles", b"trees"]}, fh)
+
+
+def test_cifar100_superclasses_and_hierarchy_files(tmp_path):
+    write_cifar100(tmp_path / "cifar-100-python")
+    cfg = DataConfig(name="cifar100", root=str(tmp_path), image_size=8, val_fraction=0.2,
+                     params={"cache_dir": str(tmp_path / "c")})
+    ds = load_dataset(cfg)
+    h = ds.hierarchy
+    assert h.level_sizes == (3, 4)
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [16, 4, 4]
+    for img, lab in zip(ds.test.images, ds.test.level_labels, strict=True):
+        fine = h.names[h.offsets[1] + int(lab[1])]
+        assert img[0, 0, 0] == ["apple", "bus", "maple_tree", "pear"].index(fine) * 60
+        assert h.names[int(lab[0])] == {"apple": "fruit", "pear": "fruit", "bus": "vehicles",
+                                        "maple_tree": "trees"}[fine]
+    # Barz-style ids: 0..3 are the classes; 2 (maple_tree) sits one level higher
+    hf = tmp_path / "h.parent-child.txt"
+    hf.write_text("10 11\n10 12\n11 0\n11 3\n12 13\n13 1\n10 2\n")
+    names = tmp_path / "names.txt"
+    names.write_text("0 apple\n1 bus\n2 maple_tree\n3 pear\n10 entity\n11 fruit\n12 thing\n"
+                     "13 vehicle\n")
+    p = {**cfg.params, "hierarchy_file": str(hf)}
+    with pytest.raises(ConfigError, match="leveling='pad'"):
+        load_dataset(cfg.model_copy(update={"params": p}))
+    padded = load_dataset(cfg.model_copy(update={"params": {**p, "leveling": "pad"}}))
+    ph = padded.hierarchy
+    # depths: 10:0; 11, 12, 2:1; 0, 3, 13:2; 1:3 -> 0, 3 get one chain node, 2 gets two
+    assert ph.is_leveled and ph.level_sizes == (1, 3, 4, 4)
+    assert ph.names[ph.parents[ph.index["2"]][0]] == "2~2"
+    assert ph.names[ph.parents[ph.index["2~2"]][0]] == "2~1"
+    named = load_dataset(cfg.model_copy(update={"params": {
+        **p, "leveling": "pad", "class_names_file": str(names)}}))
+    nh = named.hierarchy
+    lab = named.test.level_labels[0]
+    assert [nh.names[nh.global_index(i, int(j))] for i, j in enumerate(lab)] == [
+        "entity", "fruit", "apple~2", "apple"]
+
+
+# ---------------------------------------------------------------------------- image folder
+def test_image_folder_with_hierarchy(tmp_path):
+    root = tmp_path / "data"
+    colours = {"oak": (200, 30, 30), "pine": (30, 200, 30), "rose": (30, 30, 200)}
+    for split, n in (("train", 10), ("test", 2)):
+        for cls, rgb in colours.items():
+            for i in range(n):
+                ext = "png" if i % 2 else "jpg"
+                p = root / split / cls / f"{i}.{ext}"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((12, 12, 3), rgb, np.uint8)).save(p)
+    hf = tmp_path / "h.txt"
+    hf.write_text("oak tree\npine tree\nrose flower\n")  # child parent
+    cfg = DataConfig(name="image_folder", root=str(root), image_size=6, val_fraction=0.2,
+                     params={"hierarchy_file": str(hf), "child_parent": True,
+                             "cache_dir": str(tmp_path / "c")})
+    ds = load_dataset(cfg)
+    h = ds.hierarchy
+    assert h.level_sizes == (2, 3)
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [24, 6, 6]
+    for img, lab in zip(ds.val.images, ds.val.level_labels, strict=True):
+        cls = h.names[h.offsets[1] + int(lab[1])]
+        assert np.abs(mean_rgb(img) - colours[cls]).max() < 6
+        assert h.names[int(lab[0])] == ("flower" if cls == "rose" else "tree")
+    flat = load_dataset(cfg.model_copy(update={"params": {"cache_dir": str(tmp_path / "c")}}))
+    assert flat.hierarchy.level_sizes == (3,)
+    hf.write_text("oak tree\npine tree\n")
+    with pytest.raises(DataError, match="'rose' is not a leaf"):
+        load_dataset(cfg)
+
