@@ -205,6 +205,65 @@ def cmd_hedge_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def thesis_table(metrics: dict[str, float], level_sizes: list[int], split: str = "test",
+                 level_names: list[str] | None = None) -> str:
+    """Markdown table in the layout of the thesis' Tables 4.6/4.8/4.12/4.15: per level N_i,
+    micro P/R/F1 and macro P/R/F1, plus the overall row."""
+    cols = ["micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall",
+            "macro_f1"]
+    head = "| level | N_i | m-P | m-R | m-F1 | M-P | M-R | M-F1 |\n|---|---|---|---|---|---|---|---|"
+    rows = [head]
+    for i, n in enumerate(level_sizes):
+        name = level_names[i] if level_names else f"level {i}"
+        vals = [metrics.get(f"{split}_{c}_level_{i}") for c in cols]
+        rows.append(f"| {name} | {n} | " + " | ".join("-" if v is None else f"{v:.4f}"
+                                                   for v in vals) + " |")
+    vals = [metrics.get(f"{split}_{c}") for c in cols]
+    rows.append(f"| overall | {sum(level_sizes)} | " + " | ".join(
+        "-" if v is None else f"{v:.4f}" for v in vals) + " |")
+    return "\n".join(rows)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Thesis-style tables for the best run(s) of an experiment, or one run, from MLflow."""
+    t = _tracker(args, args.experiment)
+    if args.run_id:
+        runs = [t.get_run(args.run_id)]
+    else:
+        runs = t.best_runs(args.metric, args.mode, args.top)
+        if not runs:
+            raise HpsearchError(f"no trial runs with {args.metric!r} in experiment "
+                                f"{args.experiment!r}")
+    extra = [k.strip() for k in args.extra.split(",") if k.strip()]
+    for r in runs:
+        m, p = r.data.metrics, r.data.params
+        levels = sorted(int(k.rsplit("_", 1)[1]) for k in m
+                        if k.startswith(f"{args.split}_micro_f1_level_"))
+        sizes = _level_sizes_of(r, len(levels))
+        print(f"### run {r.info.run_id}  ({p.get('model.family')}, {p.get('model.backbone')}, "
+              f"{p.get('data.name')}; best epoch {int(m.get('best_epoch', 0))} of "
+              f"{r.data.tags.get('hpsearch.epochs_run', '?')}; {args.split} split)\n")
+        print(thesis_table(m, sizes, args.split))
+        shown = {k: m[f"{args.split}_{k}"] for k in extra if f"{args.split}_{k}" in m}
+        if shown:
+            print("\n" + "  ".join(f"{args.split}_{k} = {v:.4f}" for k, v in shown.items()))
+        print()
+    return 0
+
+
+def _level_sizes_of(run, n_levels: int) -> list[int]:
+    """Label count per level, read from the run's dataset (0 when it is not available here)."""
+    from hpsearch.config import TrialConfig
+    from hpsearch.data import load_dataset
+
+    try:
+        flat = {k: None if v == "None" else _parse_value(v) for k, v in run.data.params.items()}
+        cfg = TrialConfig.from_flat(flat)
+        return list(load_dataset(cfg.data).hierarchy.level_sizes)
+    except Exception:  # noqa: BLE001 - dataset not available here: sizes unknown
+        return [0] * n_levels
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial in this process, no Ray (debugging and the in-process test)."""
     from hpsearch.config import TrialConfig
@@ -342,6 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "probability >= TAU")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("report", help="thesis-style per-level tables of the best runs")
+    p.add_argument("--experiment", default="demo")
+    p.add_argument("--run-id")
+    p.add_argument("--metric", default="val_micro_f1")
+    p.add_argument("--mode", choices=["max", "min"], default="max")
+    p.add_argument("--top", type=int, default=1)
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--extra", default="mistake_severity,hdist_at_5,path_consistency,mahp_250,"
+                   "accuracy,balanced_accuracy", help="more metrics to print, comma-separated")
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("hedge-curve", help="accuracy vs. specificity of hedged predictions "
                        "over tau on a split, logged as an artifact of the run")
