@@ -171,7 +171,8 @@ def cmd_hedge_curve(args: argparse.Namespace) -> int:
             raise HpsearchError(f"run {args.run_id} is not an image classifier")
         out, lab = exp.outputs(args.split)
         exp.evaluate("val")  # calibrate decision thresholds as during training
-        probs = [p.cpu() for p in exp.head.level_probs(out.to(next(exp.model.parameters()).device))]
+        dev = next(exp.model.parameters()).device
+        probs = [p.cpu() for p in exp.head.level_probs(out.to(dev))]
         taus = np.round(np.linspace(0.0, 1.0, args.points), 4).tolist()
         curve = accuracy_specificity_curve(
             probs, lab, taus, hierarchy=exp.hierarchy,
@@ -211,7 +212,8 @@ def thesis_table(metrics: dict[str, float], level_sizes: list[int], split: str =
     micro P/R/F1 and macro P/R/F1, plus the overall row."""
     cols = ["micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall",
             "macro_f1"]
-    head = "| level | N_i | m-P | m-R | m-F1 | M-P | M-R | M-F1 |\n|---|---|---|---|---|---|---|---|"
+    head = ("| level | N_i | m-P | m-R | m-F1 | M-P | M-R | M-F1 |\n"
+            "|---|---|---|---|---|---|---|---|")
     rows = [head]
     for i, n in enumerate(level_sizes):
         name = level_names[i] if level_names else f"level {i}"

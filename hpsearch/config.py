@@ -118,7 +118,8 @@ def one_line(e: ValidationError) -> str:
         msg = "unknown key"
     elif err["type"] == "literal_error":
         msg = f"got {err.get('input')!r}; {msg.lower()}"
-    return f"{loc}: {msg}" + (f" ({len(e.errors()) - 1} more errors)" if len(e.errors()) > 1 else "")
+    more = len(e.errors()) - 1
+    return f"{loc}: {msg}" + (f" ({more} more errors)" if more else "")
 
 
 _SECTIONS = ("data", "model", "optim", "resources")

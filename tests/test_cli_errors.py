@@ -27,7 +27,8 @@ def space(tmp: Path, text: str) -> str:
 GOOD = """name: t
 family: per_level
 dataset: synthetic
-fixed: {data.params: {level_sizes: [2, 4], max_per_leaf: 12, min_per_leaf: 6, amplitudes: [0.5, 0.3], grids: [2, 4]}}
+fixed: {data.params: {level_sizes: [2, 4], max_per_leaf: 12, min_per_leaf: 6,
+                      amplitudes: [0.5, 0.3], grids: [2, 4]}}
 search: {optim.lr: {type: loguniform, low: 0.001, high: 0.1}}
 """
 

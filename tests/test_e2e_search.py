@@ -76,6 +76,23 @@ def test_torchtrainer_search_best_export_predict(tmp_path):
     assert imgs > 0
     best = cli("best", "--experiment", "ddp", "--results-dir", str(res), cwd=tmp_path)
     assert best.returncode == 0 and "val_micro_f1" in best.stdout
+    best_id = best.stdout.splitlines()[1].split()[3]
+    assert best_id in {rid for rid, _ in runs}
+    rep = cli("report", "--experiment", "ddp", "--results-dir", str(res), cwd=tmp_path)
+    assert rep.returncode == 0 and "| overall | 14 |" in rep.stdout, rep.stdout + rep.stderr
+    hc = cli("hedge-curve", best_id, "--points", "3", "--results-dir", str(res), cwd=tmp_path)
+    assert hc.returncode == 0, hc.stderr
+    curve = hc.stdout.splitlines()[1:4]
+    assert [float(line.split(",")[0]) for line in curve] == [0.0, 0.5, 1.0]
+    # tau = 0 predicts every level, tau = 1 almost nothing: specificity falls
+    assert float(curve[0].split(",")[3]) == 1.0 >= float(curve[2].split(",")[3])
+    arts = mlflow_rows(db, "select count(*) from runs where run_uuid = '%s'" % best_id)
+    assert arts[0][0] == 1
+    art_root = Path(mlflow_rows(db, f"select artifact_uri from runs where run_uuid = "
+                                    f"'{best_id}'")[0][0].removeprefix("file://"))
+    assert (art_root / "hedging" / "curve_test.csv").exists()
+    assert (art_root / "checkpoint" / "best.pt").exists()
+    assert (art_root / "reports" / "per_label_f1_test.csv").exists()
     bundle = tmp_path / "b"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["family"] == "per_level" and "program" in manifest

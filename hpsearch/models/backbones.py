@@ -42,8 +42,9 @@ def small_cnn(cfg: ModelConfig, in_ch: int) -> Backbone:
     w = cfg.width
 
     def stage(i: int, o: int) -> list[nn.Module]:
-        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
-                nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o),
+                nn.ReLU(inplace=True), nn.Conv2d(o, o, 3, padding=1, bias=False),
+                nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
 
     body = nn.Sequential(*stage(in_ch, w), nn.MaxPool2d(2), *stage(w, 2 * w), nn.MaxPool2d(2),
                          *stage(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1))

@@ -160,7 +160,8 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     resume_path = _latest_resumable(storage, space.name) if opts.resume else None
     if opts.resume and resume_path is None:
         raise HpsearchError(f"--resume: no earlier search named {space.name!r} under {storage}")
-    search_id = resume_path.name if resume_path else f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    search_id = (resume_path.name if resume_path
+                 else f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     num_samples = opts.num_samples or space.budget.num_samples
     max_epochs = base_cfg.optim.epochs
     parent = tracker.search_run(search_id, search_id, tags={
@@ -187,8 +188,8 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         else:
             sampler = optuna.samplers.RandomSampler(seed=seed)
 
-        searcher = OptunaSearch(space=DefineByRun(space, constants), metric=space.metric, mode=space.mode,
-                                sampler=sampler)
+        searcher = OptunaSearch(space=DefineByRun(space, constants), metric=space.metric,
+                                mode=space.mode, sampler=sampler)
         if space.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
                                       grace_period=min(space.budget.grace_period, max_epochs),

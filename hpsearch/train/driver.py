@@ -145,7 +145,8 @@ class DirectoryReporter:
             shutil.rmtree(self.out_dir, ignore_errors=True)
             tmp.rename(self.out_dir)
         if self.echo:
-            keys = [k for k in ("epoch", "train_loss", "val_micro_f1", "val_macro_f1") if k in metrics]
+            keys = [k for k in ("epoch", "train_loss", "val_micro_f1", "val_macro_f1")
+                    if k in metrics]
             self.echo("  ".join(f"{k}={metrics[k]:.4g}" for k in keys))
 
 
