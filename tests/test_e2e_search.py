@@ -72,8 +72,15 @@ def test_torchtrainer_search_best_export_predict(tmp_path):
         assert mlflow_rows(db, f"select count(*) from params where run_uuid = '{run_id}' "
                                "and key = 'resources.num_workers'")[0][0] == 1
     # the workers really ran as a DDP group of 2 (rank-0 report counts both shards)
+    from hpsearch.config import TrialConfig
+    from hpsearch.data import load_dataset
+
+    n_train = len(load_dataset(TrialConfig.from_flat({"data.params": {
+        "level_sizes": [2, 4, 8], "max_per_leaf": 24, "min_per_leaf": 8,
+        "amplitudes": [0.6, 0.4, 0.3], "grids": [2, 4, 8]}}).data).train)
     imgs = mlflow_rows(db, "select max(value) from metrics where key = 'train_images'")[0][0]
-    assert imgs > 0
+    # each rank trains on its half of the (padded) sampler; rank 0 reports the sum
+    assert n_train / 2 < imgs <= n_train + 1
     best = cli("best", "--experiment", "ddp", "--results-dir", str(res), cwd=tmp_path)
     assert best.returncode == 0 and "val_micro_f1" in best.stdout
     best_id = best.stdout.splitlines()[1].split()[3]
