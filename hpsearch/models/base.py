@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
@@ -92,6 +93,21 @@ def level_weights_for(h: Hierarchy, level_weights: Sequence[float] | None) -> li
         raise ConfigError(f"optim.level_weights has {len(level_weights)} entries but the "
                           f"hierarchy has {h.num_levels} levels")
     return [float(w) for w in level_weights]
+
+
+def weighted_level_nll(level_log_probs: Sequence[Tensor], level_labels: Tensor,
+                       weights: Sequence[float],
+                       class_weights: Sequence[Tensor] | None = None) -> Tensor:
+    """L = Σ_l w_l · NLL(log p_l, y_l): the per-level loss shared by the per-level (eq. 3.3),
+    marginalization (eq. 3.6) and hierarchical-softmax heads. Each level's NLL is the batch
+    mean, class-weighted (Σ_i c_{y_i} ℓ_i / Σ_i c_{y_i}) when ``class_weights`` is given."""
+    total = level_log_probs[0].new_zeros((), dtype=torch.float32)
+    for lvl, lp in enumerate(level_log_probs):
+        if weights[lvl] == 0:
+            continue
+        cw = None if class_weights is None else class_weights[lvl].to(lp)
+        total = total + weights[lvl] * F.nll_loss(lp, level_labels[:, lvl].long(), weight=cw)
+    return total
 
 
 def split_levels(x: Tensor, h: Hierarchy) -> list[Tensor]:

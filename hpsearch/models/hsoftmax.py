@@ -7,7 +7,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpsearch.config import ModelConfig
@@ -20,6 +19,7 @@ from hpsearch.models.base import (
     level_weights_for,
     register_family,
     split_levels,
+    weighted_level_nll,
 )
 from hpsearch.models.marginalization import leaf_path_prediction, segment_logsumexp
 
@@ -95,12 +95,7 @@ class HSoftmaxHead(Head):
             w = [0.0] * (h.num_levels - 1) + [1.0]
         else:
             w = level_weights_for(h, level_weights)
-        joint = self.level_log_probs(outputs)
-        total = outputs.new_zeros((), dtype=torch.float32)
-        for lvl, lp in enumerate(joint):
-            cw = None if class_weights is None else class_weights[lvl].to(lp)
-            total = total + w[lvl] * F.nll_loss(lp, level_labels[:, lvl].long(), weight=cw)
-        return total
+        return weighted_level_nll(self.level_log_probs(outputs), level_labels, w, class_weights)
 
     def level_probs(self, outputs: Tensor) -> list[Tensor]:
         return [lp.exp() for lp in self.level_log_probs(outputs)]

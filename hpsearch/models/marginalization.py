@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpsearch.config import ModelConfig
@@ -18,6 +17,7 @@ from hpsearch.models.base import (
     HierarchicalClassifier,
     level_weights_for,
     register_family,
+    weighted_level_nll,
 )
 
 
@@ -102,11 +102,7 @@ class MarginalizationHead(Head):
              level_weights: Sequence[float] | None = None,
              class_weights: Sequence[Tensor] | None = None) -> Tensor:
         w = level_weights_for(self.hierarchy, level_weights)
-        total = outputs.new_zeros((), dtype=torch.float32)
-        for lvl, lp in enumerate(self.level_log_probs(outputs)):
-            cw = None if class_weights is None else class_weights[lvl].to(lp)
-            total = total + w[lvl] * F.nll_loss(lp, level_labels[:, lvl].long(), weight=cw)
-        return total
+        return weighted_level_nll(self.level_log_probs(outputs), level_labels, w, class_weights)
 
     def level_probs(self, outputs: Tensor) -> list[Tensor]:
         return [lp.exp() for lp in self.level_log_probs(outputs)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpsearch.config import ModelConfig
@@ -17,6 +16,7 @@ from hpsearch.models.base import (
     level_weights_for,
     register_family,
     split_levels,
+    weighted_level_nll,
 )
 
 
@@ -40,11 +40,8 @@ class PerLevelHead(Head):
              level_weights: Sequence[float] | None = None,
              class_weights: Sequence[Tensor] | None = None) -> Tensor:
         w = level_weights_for(self.hierarchy, level_weights)
-        total = outputs.new_zeros(())
-        for lvl, z in enumerate(split_levels(outputs, self.hierarchy)):
-            cw = None if class_weights is None else class_weights[lvl].to(z)
-            total = total + w[lvl] * F.cross_entropy(z.float(), level_labels[:, lvl], weight=cw)
-        return total
+        logp = [z.float().log_softmax(-1) for z in split_levels(outputs, self.hierarchy)]
+        return weighted_level_nll(logp, level_labels, w, class_weights)
 
     def level_probs(self, outputs: Tensor) -> list[Tensor]:
         return [z.float().softmax(-1) for z in split_levels(outputs, self.hierarchy)]
