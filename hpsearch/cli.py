@@ -106,24 +106,31 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_run(t, run_id: str, out: Path) -> Path:
-    """Export an MLflow trial run's best checkpoint as a bundle."""
-    from hpsearch.bundle import write_bundle
+def run_experiment(t, run_id: str, tmp: str):
+    """(run, experiment restored at the run's best epoch): from the checkpoint directory Ray
+    left on disk, else from the ``checkpoint/best.pt`` artifact uploaded at the trial's end."""
     from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE, experiment_from_checkpoint
 
     run = t.get_run(run_id)
     if run.data.tags.get("hpsearch.role") != "trial":
         raise HpsearchError(f"run {run_id} is not a trial run of an hpsearch search")
     ckpt = run.data.tags.get("hpsearch.checkpoint")
+    if not ckpt or not (Path(ckpt) / CHECKPOINT_FILE).exists():
+        try:
+            t.download(run_id, f"checkpoint/{BEST_FILE}", tmp)
+        except Exception as e:  # noqa: BLE001
+            raise HpsearchError(f"run {run_id} has no checkpoint on disk or in its "
+                                f"artifacts: {str(e).splitlines()[0][:160]}") from None
+        ckpt = str(Path(tmp) / "checkpoint")
+    return run, experiment_from_checkpoint(Path(ckpt))
+
+
+def export_run(t, run_id: str, out: Path) -> Path:
+    """Export an MLflow trial run's best checkpoint as a bundle."""
+    from hpsearch.bundle import write_bundle
+
     with tempfile.TemporaryDirectory() as tmp:
-        if not ckpt or not (Path(ckpt) / CHECKPOINT_FILE).exists():
-            try:
-                t.download(run_id, f"checkpoint/{BEST_FILE}", tmp)
-            except Exception as e:  # noqa: BLE001
-                raise HpsearchError(f"run {run_id} has no checkpoint on disk or in its "
-                                    f"artifacts: {str(e).splitlines()[0][:160]}") from None
-            ckpt = str(Path(tmp) / "checkpoint")
-        exp = experiment_from_checkpoint(Path(ckpt))
+        run, exp = run_experiment(t, run_id, tmp)
         m = run.data.metrics
         return write_bundle(exp, out, extra={"run_id": run_id, "metrics": {
             k: v for k, v in m.items() if k.startswith(("val_", "test_", "best_"))}})
@@ -157,16 +164,9 @@ def cmd_hedge_curve(args: argparse.Namespace) -> int:
 
     from hpsearch.bundle import CUMULATIVE_FAMILIES
     from hpsearch.models.hedging import accuracy_specificity_curve
-    from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE, experiment_from_checkpoint
-
     t = _tracker(args, None)
-    run = t.get_run(args.run_id)
-    ckpt = run.data.tags.get("hpsearch.checkpoint")
     with tempfile.TemporaryDirectory() as tmp:
-        if not ckpt or not (Path(ckpt) / CHECKPOINT_FILE).exists():
-            t.download(args.run_id, f"checkpoint/{BEST_FILE}", tmp)
-            ckpt = str(Path(tmp) / "checkpoint")
-        exp = experiment_from_checkpoint(Path(ckpt))
+        _, exp = run_experiment(t, args.run_id, tmp)
         if not hasattr(exp, "head"):
             raise HpsearchError(f"run {args.run_id} is not an image classifier")
         out, lab = exp.outputs(args.split)
