@@ -85,10 +85,11 @@ def _print_best(t, metric: str, mode: str, top: int, search_id: str | None = Non
         return
     print(f"{'rank':<5}{metric:<22}{'test_' + metric.removeprefix('val_'):<22}run_id"
           f"{'':<28}status    params")
-    keys = [k for k in runs[0].data.params if k.startswith(("optim.", "model.", "data."))]
-    shown = [k for k in ("model.family", "model.backbone", "optim.optimizer", "optim.lr",
-                         "optim.batch_size", "data.resample", "data.class_weights")
-             if k in keys]
+    # the params that differ between the listed runs (what the search varied), family first
+    keys = sorted({k for r in runs for k in r.data.params
+                   if k.startswith(("optim.", "model.", "data.")) and k != "data.root"})
+    varied = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
+    shown = ["model.family"] + [k for k in varied if k != "model.family"][:8]
     test_key = "test_" + metric.removeprefix("val_")
     for i, r in enumerate(runs, 1):
         m = r.data.metrics

@@ -53,6 +53,7 @@ class OptimConfig(_Frozen):
     sgdr_mult: int = Field(2, gt=0)  # cycle length multiplier (schedule=sgdr)
     batch_size: int = Field(64, gt=0)
     epochs: int = Field(4, gt=0)
+    eval_every: int = Field(1, gt=0)  # validate/report every k epochs (and after the last)
     grad_clip: float | None = Field(None, gt=0)  # max global grad norm
     level_weights: tuple[float, ...] | None = None  # per-level loss weights (None = all 1)
     amp: bool = True  # bf16 autocast, only on CUDA

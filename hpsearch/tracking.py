@@ -190,4 +190,11 @@ def _param_str(v: Any) -> str:
 
 
 def summarize_params(params: dict[str, str], keys: Iterable[str]) -> str:
-    return " ".join(f"{k.split('.')[-1]}={params[k]}" for k in keys if k in params)
+    def fmt(v: str) -> str:
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return v if f.is_integer() else f"{f:.4g}"
+
+    return " ".join(f"{k.split('.')[-1]}={fmt(params[k])}" for k in keys if k in params)

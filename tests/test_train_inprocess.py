@@ -72,3 +72,10 @@ def test_trial_trains_checkpoints_and_resumes(tmp_path):
     rep2 = DirectoryReporter(tmp_path / "ck")
     run_trial(cfg5, rep2, resume_from=tmp_path / "ck")
     assert [m["epoch"] for m in rep2.history] == [4.0, 5.0]
+
+
+def test_eval_every_reports_every_k_epochs_and_the_last(tmp_path):
+    cfg = TrialConfig.from_flat({**CFG, "optim.epochs": 5, "optim.eval_every": 2})
+    rep = DirectoryReporter(tmp_path / "ck")
+    run_trial(cfg, rep)
+    assert [m["epoch"] for m in rep.history] == [2.0, 4.0, 5.0]

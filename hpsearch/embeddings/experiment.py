@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import geoopt
 import numpy as np
 import torch
 
@@ -125,9 +126,9 @@ class LabelEmbeddingExperiment:
         self.device = torch.device(self.ctx.device)
         spec = FAMILIES.get(cfg.model.family)
         if spec.task != TASK:
+            allowed = [n for n in FAMILIES.names() if FAMILIES.get(n).task == TASK]
             raise ConfigError(f"model.family {cfg.model.family!r} is a {spec.task!r} family; "
-                              f"the label-embedding experiment needs one of "
-                              f"{', '.join(n for n in FAMILIES.names() if FAMILIES.get(n).task == TASK)}")
+                              f"the label-embedding experiment needs one of {allowed}")
         self.params: LabelEmbeddingParams = spec.parse_params(cfg.model.params)  # type: ignore
         self.graph = graph if graph is not None else load_label_graph(cfg)
         self.nodes = tuple(str(x) for x in self.graph.nodes)
@@ -241,12 +242,10 @@ class LabelEmbeddingExperiment:
             emb = self.model()
             rows = max(1, RECON_CHUNK_ELEMS // max(n * self.model.dim, 1))
 
-            def blocks():
-                for s in range(0, n, rows):
-                    yield self.model.energy(emb[s:s + rows, None, :], emb[None, :, :])
-
-            full = graph_reconstruction(blocks(), self.closure)
-            basic = graph_reconstruction(blocks(), self.basic)
+            blocks = [self.model.energy(emb[s:s + rows, None, :], emb[None, :, :])
+                      for s in range(0, n, rows)]  # [rows, N] each; N² <= recon_max_nodes²
+            full = graph_reconstruction(blocks, self.closure)
+            basic = graph_reconstruction(blocks, self.basic)
             out = {"recon_tpr": full["tpr"], "recon_tnr": full["tnr"], "full_f1": full["f1"],
                    "recon_threshold": full["threshold"], "recon_basic_f1": basic["f1"]}
         self._recon_cache = (self.steps, out)
@@ -274,6 +273,12 @@ class LabelEmbeddingExperiment:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if isinstance(self.optimizer, geoopt.optim.RiemannianAdam):
+            # torch turns the int "step" into a float32 tensor on load; geoopt's bias correction
+            # then rounds differently and a resumed run drifts from the uninterrupted one
+            for st in self.optimizer.state.values():
+                if isinstance(st.get("step"), torch.Tensor):
+                    st["step"] = int(st["step"].item())
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.threshold = state.get("threshold")

@@ -10,10 +10,14 @@ Sampling is rejection-based: all candidates are drawn at once, invalid ones are 
 ``max_rounds`` rounds. Strategies:
 
 * ``uniform``: the replacement node is uniform over all nodes.
-* ``per_level`` (thesis "pick-per-level"): pass i of a side draws from level i mod (L + 1);
-  slot L means any node. Hard negatives from the same level as the kept endpoint appear in
-  every batch, instead of 78% leaf corruptions (ETHEC). After half the rounds, pairs still
-  invalid fall back to any node (a level can hold no valid node, e.g. a tree's single root).
+* ``per_level`` (thesis "pick-per-level"): pass i of a side draws from level
+  (i + o) mod (L + 1), slot L meaning any node, with o a random rotation per positive and side.
+  With k = L + 1 (ETHEC: 4 levels, k = 5) every positive gets one corruption per level plus one
+  unrestricted, as in the published code (which uses o = 0); the rotation keeps k < L + 1 from
+  only ever corrupting with the top levels. Hard negatives from the same level as the kept
+  endpoint appear in every batch, instead of 78% leaf corruptions (ETHEC). After half the
+  rounds, pairs still invalid fall back to any node (a level can hold no valid node, e.g. a
+  tree's single root).
 
 Pairs still invalid after all rounds are returned with ``valid = False`` (callers mask them);
 this only happens when (almost) no valid corruption exists, e.g. for u = the root of a tree.
@@ -77,8 +81,7 @@ class NegativeSampler:
         self.pool = torch.cat([order, torch.arange(self.n, device=self.device)])
         self.sizes = torch.cat([sizes, torch.tensor([self.n], device=self.device)])
         self.starts = torch.cumsum(self.sizes, 0) - self.sizes
-        n_slots = len(self.sizes)
-        self.slot_of_pass = torch.arange(self.k, device=self.device) % n_slots
+        self.n_slots = len(self.sizes)
 
     # ------------------------------------------------------------------ lookup
     def is_edge(self, u: Tensor, v: Tensor) -> Tensor:
@@ -108,9 +111,14 @@ class NegativeSampler:
         p = len(pos)
         u = pos[:, :1].expand(p, self.k)
         v = pos[:, 1:].expand(p, self.k)
-        any_slot = len(self.sizes) - 1
-        slots = self.slot_of_pass.expand(p, self.k)
-        slots = torch.cat([slots, slots], dim=1)  # [P, 2k]
+        any_slot = self.n_slots - 1
+        if any_slot == 0:  # uniform: one slot, all nodes
+            slots = torch.zeros(p, 2 * self.k, dtype=torch.int64, device=self.device)
+        else:
+            rot = torch.randint(0, self.n_slots, (p, 2), generator=generator, device=self.device)
+            passes = torch.arange(self.k, device=self.device)
+            slots = torch.cat([(passes + rot[:, :1]) % self.n_slots,
+                               (passes + rot[:, 1:]) % self.n_slots], dim=1)  # [P, 2k]
         fixed = torch.cat([u, v], dim=1)  # the kept endpoint
         corrupt_child = torch.zeros(p, 2 * self.k, dtype=torch.bool, device=self.device)
         corrupt_child[:, :self.k] = True

@@ -34,7 +34,10 @@ def poincare_pretrain(train: np.ndarray, num_nodes: int, dim: int, *, closure: n
     device = torch.device(device)
     g = generator or torch.Generator(device=device)
     ball = ConeBall(0.0, exact=True).to(device)
-    init = (torch.rand(num_nodes, dim, dtype=dtype, generator=_cpu(g)) * 2 - 1) * 1e-4
+    # init on the CPU (device-independent values), seeded from g
+    seed = int(torch.randint(0, 2**62, (1,), generator=g, device=device))
+    cpu = torch.Generator().manual_seed(seed)
+    init = (torch.rand(num_nodes, dim, dtype=dtype, generator=cpu) * 2 - 1) * 1e-4
     emb = geoopt.ManifoldParameter(init.to(device), manifold=ball)
     opt = geoopt.optim.RiemannianSGD([emb], lr=lr)
     sampler = NegativeSampler(num_nodes, closure, strategy="uniform",
@@ -63,8 +66,3 @@ def poincare_pretrain(train: np.ndarray, num_nodes: int, dim: int, *, closure: n
             raise NonFiniteLossError(f"Poincaré pre-training diverged at epoch {epoch} "
                                      f"(lr={lr}); lower model.params.init_lr")
     return emb.detach().clone()
-
-
-def _cpu(g: torch.Generator) -> torch.Generator | None:
-    """Init draws on the CPU (device-independent); reuse ``g`` only if it is a CPU generator."""
-    return g if g.device.type == "cpu" else None

@@ -11,8 +11,10 @@ Protocol (thesis §5.5, published ``create_splits`` / ``split_wordnet_data.py``)
    p of a search is scored on the same held-out edges.
 4. val/test negatives are drawn once, up front: for every positive (u, v), ``k`` corrupted
    children (u, v') and ``k`` corrupted parents (u', v) (k = 5), each a pair *outside the full
-   closure* and not a self pair. ``per_level`` draws pass i from level i mod (L + 1), the last
-   slot meaning "any node" (published val/test code); a pass whose level has no valid node
+   closure* and not a self pair. ``per_level`` draws pass i from level (i + o) mod (L + 1),
+   o a random rotation per positive, the last slot meaning "any node" (published val/test code,
+   o = 0; with k = L + 1 each positive gets one per level either way); a pass whose level has
+   no valid node
    falls back to any node, and a positive with no valid corruption at all (e.g. the single
    root of a tree as u) gets fewer negatives, as in Ganea et al.
 

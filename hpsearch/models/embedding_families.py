@@ -88,7 +88,7 @@ class HyperbolicConeParams(LabelEmbeddingParams):
     margin: float = Field(0.1, gt=0)  # thesis Table 6.2
     K: float = Field(0.1, gt=0)  # aperture constant (both published codes)
     energy: Literal["angle", "cosine"] = "angle"
-    optimizer: Literal["rsgd", "riemannian_adam", "adam_expmap0"] = "rsgd"
+    optimizer: Literal["rsgd", "riemannian_adam", "adam_expmap0"] = "riemannian_adam"
     retraction: Literal["expmap", "first_order"] = "expmap"  # RSGD step (eq. 2.13) or x + u
     init: Literal["random", "poincare_init", "from_run"] = "random"
     init_epochs: int = Field(100, ge=1)  # poincare_init: Poincaré-embedding epochs

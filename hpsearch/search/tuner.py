@@ -191,7 +191,8 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         searcher = OptunaSearch(space=DefineByRun(space, constants), metric=space.metric,
                                 mode=space.mode, sampler=sampler)
         if space.scheduler == "asha":
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+            # "epoch" (not training_iteration) so rungs stay in epochs with optim.eval_every > 1
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
                                       grace_period=min(space.budget.grace_period, max_epochs),
                                       reduction_factor=space.budget.reduction_factor)
         else:

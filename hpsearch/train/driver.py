@@ -69,7 +69,8 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
               ) -> BestSoFar:
     """Train ``cfg`` for ``cfg.optim.epochs`` epochs (continuing from ``resume_from``).
 
-    Every epoch reports ``epoch``, ``train_*``, ``val_*`` and the ``test_*`` metrics of the best
+    Every evaluation epoch (every epoch by default; ``optim.eval_every`` = k: every k-th and the
+    last) reports ``epoch``, ``train_*``, ``val_*`` and the ``test_*`` metrics of the best
     validation epoch so far (``best_epoch``, ``best_<metric>``), with a checkpoint directory
     holding the latest state and the best weights.
     """
@@ -90,6 +91,8 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
     metric = cfg.metric.removeprefix("val_")
     for epoch in range(start, cfg.optim.epochs):
         train = exp.train_one_epoch(epoch)
+        if (epoch + 1) % cfg.optim.eval_every and epoch + 1 < cfg.optim.epochs:
+            continue  # not an evaluation epoch: the next report carries this epoch's training
         val = exp.evaluate("val")
         if metric not in val:
             from hpsearch.errors import ConfigError
