@@ -141,6 +141,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     t = _tracker(args, None)
     out = export_run(t, args.run_id, Path(args.out))
     print(f"exported run {args.run_id} -> {out}")
+    if args.register:
+        version = t.register_bundle(args.run_id, out, args.register)
+        print(f"registered as model {args.register!r} version {version} in the MLflow registry")
     return 0
 
 
@@ -394,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a self-contained bundle of a trial run")
     p.add_argument("run_id")
     p.add_argument("--out", required=True)
+    p.add_argument("--register", metavar="MODEL", help="also upload the bundle to the run and "
+                   "register it as a new version of MODEL in the MLflow Model Registry")
     _add_tracking(p)
     p.set_defaults(fn=cmd_export)
 

@@ -159,6 +159,19 @@ class Tracker:
     def download(self, run_id: str, path: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
+    def register_bundle(self, run_id: str, bundle_dir: str | Path, name: str) -> str:
+        """Upload an export bundle as the run's ``bundle/`` artifacts and register it as a new
+        version of model ``name`` in the MLflow Model Registry; returns the version."""
+        self.log_artifacts(run_id, bundle_dir, "bundle")
+        try:
+            self.client.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - not registered yet
+            self.client.create_registered_model(name, tags={f"{TAG}kind": "bundle"})
+        run = self.client.get_run(run_id)
+        mv = self.client.create_model_version(name, source=f"{run.info.artifact_uri}/bundle",
+                                              run_id=run_id)
+        return str(mv.version)
+
     # ------------------------------------------------------------------ queries
     def best_runs(self, metric: str, mode: str = "max", top: int = 5,
                   search_id: str | None = None) -> list[Any]:

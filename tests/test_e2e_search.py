@@ -100,6 +100,12 @@ def test_torchtrainer_search_best_export_predict(tmp_path):
     assert (art_root / "hedging" / "curve_test.csv").exists()
     assert (art_root / "checkpoint" / "best.pt").exists()
     assert (art_root / "reports" / "per_label_f1_test.csv").exists()
+    ex = cli("export", best_id, "--out", str(tmp_path / "b2"), "--register", "ddp-model",
+             "--results-dir", str(res), cwd=tmp_path)
+    assert ex.returncode == 0, ex.stderr
+    assert mlflow_rows(db, "select name, version, run_id from model_versions") == [
+        ("ddp-model", 1, best_id)]
+    assert (art_root / "bundle" / "SHA256SUMS").exists()
     bundle = tmp_path / "b"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["family"] == "per_level" and "program" in manifest
