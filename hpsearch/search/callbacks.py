@@ -112,5 +112,10 @@ class MLflowTrialCallback(Callback):
         self._finish(trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        err = getattr(trial, "error_msg", None) or "trial raised an error"
-        self._finish(trial, "FAILED", str(err))
+        err = None
+        try:
+            e = trial.get_error()
+            err = " | ".join(str(e).strip().splitlines()[-3:])[-800:] if e else None
+        except Exception:  # noqa: BLE001 - the error file may not be readable yet
+            err = None
+        self._finish(trial, "FAILED", err or "trial raised an error (see its Ray trial dir)")

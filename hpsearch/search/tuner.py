@@ -126,6 +126,8 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     """Launch (or resume) the search described by ``space``; returns its outcome."""
     t0 = time.time()
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # a loaded node can take over Train's default 60 s to start a worker group
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tracker, base_cfg = preflight(space, opts)
@@ -144,10 +146,16 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not ray.is_initialized():
+        # Train's controller and workers read these; a remote cluster gets them this way
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith(("RAY_TRAIN_", "HPSEARCH_"))}
+        runtime_env = {"env_vars": env} if env else None
         if opts.address:
-            ray.init(address=opts.address, log_to_driver=opts.verbose > 1)
+            ray.init(address=opts.address, log_to_driver=opts.verbose > 1,
+                     runtime_env=runtime_env)
         else:
-            ray.init(log_to_driver=opts.verbose > 1, include_dashboard=None)
+            ray.init(log_to_driver=opts.verbose > 1, include_dashboard=None,
+                     runtime_env=runtime_env)
     r = space.resources
     trainer_path = r.num_workers > 1 or r.force_trainer
     per_trial = ({"cpu": r.driver_cpus} if trainer_path else
