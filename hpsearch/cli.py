@@ -51,7 +51,7 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"early by ASHA, {out.num_errors} failed, {out.wall_s:.0f} s")
     print(f"MLflow experiment {out.experiment!r} at {out.tracking_uri} "
           f"(parent run {out.parent_run_id})")
-    if out.best:
+    if out.best and out.best.get("value") is not None:
         print(f"best {out.best['metric']} = {out.best['value']:.4f}")
     _print_best(_tracker_for(out.tracking_uri, out.experiment), space.metric, space.mode, 3,
                 out.search_id)

@@ -172,6 +172,43 @@ class Tracker:
                                               run_id=run_id)
         return str(mv.version)
 
+    def checkpoint_dir(self, run_id: str, dst: str | Path) -> Path:
+        """A local directory holding the run's best checkpoint: Ray's checkpoint directory when
+        it is still on disk, else the ``checkpoint/`` artifact downloaded under ``dst``."""
+        from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE
+
+        run = self.get_run(run_id)
+        ckpt = run.data.tags.get(f"{TAG}checkpoint")
+        if ckpt and (Path(ckpt) / CHECKPOINT_FILE).exists():
+            return Path(ckpt)
+        out = Path(dst) / run_id
+        if not (out / "checkpoint" / BEST_FILE).exists():
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                self.download(run_id, f"checkpoint/{BEST_FILE}", out)
+            except Exception as e:  # noqa: BLE001
+                raise TrackingError(f"run {run_id} has no checkpoint on disk or in its "
+                                    f"artifacts: {str(e).splitlines()[0][:160]}") from None
+        return out / "checkpoint"
+
+    def resolve_run_ref(self, ref: str, dst: str | Path) -> Path:
+        """``mlflow:RUN_ID`` or ``mlflow:EXPERIMENT/METRIC[/min]`` (the best trial run of that
+        experiment by that metric) -> the run's local checkpoint directory. This is how a
+        search starts from another search's result (staged search)."""
+        body = ref.removeprefix("mlflow:")
+        if "/" not in body:
+            return self.checkpoint_dir(body, dst)
+        parts = body.split("/")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("min", "max")):
+            raise TrackingError(f"bad run reference {ref!r}; use mlflow:RUN_ID or "
+                                "mlflow:EXPERIMENT/METRIC[/min|max]")
+        other = Tracker(self.uri, parts[0])
+        runs = other.best_runs(parts[1], parts[2] if len(parts) == 3 else "max", 1)
+        if not runs:
+            raise TrackingError(f"{ref}: experiment {parts[0]!r} has no trial run with metric "
+                                f"{parts[1]!r}")
+        return other.checkpoint_dir(runs[0].info.run_id, dst)
+
     # ------------------------------------------------------------------ queries
     def best_runs(self, metric: str, mode: str = "max", top: int = 5,
                   search_id: str | None = None) -> list[Any]:

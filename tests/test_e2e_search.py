@@ -160,3 +160,54 @@ def test_inprocess_search_resume_keeps_one_run_per_trial(tmp_path):
     parents = mlflow_rows(db, "select count(*) from tags where key = 'hpsearch.role' and "
                               "value = 'search'")
     assert parents[0][0] == 1
+
+
+STAGE1 = """name: stage1
+family: euclidean_cone
+dataset: synthetic
+fixed:
+  data.params: {max_per_leaf: 20, min_per_leaf: 6}
+  model.params.dim: 4
+  model.params.non_basic_fraction: 0.0
+  optim.batch_size: 8
+search:
+  optim.lr: {type: loguniform, low: 0.01, high: 0.1}
+metric: val_edge_f1
+budget: {num_samples: 1, max_epochs: 2}
+"""
+
+STAGE2 = """name: stage2
+family: joint_euclidean_cone
+dataset: synthetic
+fixed:
+  data.params: {max_per_leaf: 20, min_per_leaf: 6}
+  model.width: 8
+  model.params.dim: 4
+  model.params.init: from_run
+  model.params.init_from: mlflow:stage1/val_edge_f1
+  optim.batch_size: 32
+search:
+  model.params.image_lr: {type: loguniform, low: 1.0e-3, high: 1.0e-2}
+metric: val_micro_f1
+budget: {num_samples: 1, max_epochs: 1}
+"""
+
+
+def test_staged_search_label_only_then_joint(tmp_path):
+    """A joint image+label search initialised from the best run of a label-only search."""
+    res = tmp_path / "results"
+    for name, text in (("stage1", STAGE1), ("stage2", STAGE2)):
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(text)
+        r = cli("search", str(f), "--results-dir", str(res), "-v", "0", cwd=tmp_path)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    db = res / "mlflow.db"
+    runs = trial_runs(db)
+    assert len(runs) == 2 and all(s == "FINISHED" for _, s in runs)
+    init_from = mlflow_rows(db, "select value from params where key = "
+                                "'model.params.init_from'")
+    stage1_ckpt = mlflow_rows(db, "select value from tags where key = 'hpsearch.checkpoint' "
+                                  "and run_uuid in (select run_uuid from tags where key = "
+                                  "'hpsearch.family' and value = 'euclidean_cone')")
+    assert init_from == stage1_ckpt  # the reference resolved to stage 1's best checkpoint
+    assert mlflow_rows(db, "select count(*) from metrics where key = 'test_micro_f1'")[0][0] > 0

@@ -53,7 +53,7 @@ def cache_key(parts: Any) -> str:
 
 
 @contextmanager
-def _locked(path: Path):
+def locked(path: Path):
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def cached_image_array(
     final = d / "images.npy"
     if final.is_file():
         return np.load(final, mmap_mode="r")
-    with _locked(d / ".lock"):
+    with locked(d / ".lock"):
         if final.is_file():  # another process finished it while we waited
             return np.load(final, mmap_mode="r")
         for stale in d.glob("images.tmp-*.npy"):  # left by a killed build; we hold the lock

@@ -50,6 +50,22 @@ class SearchOutcome:
     wall_s: float
 
 
+RUN_REF_KEYS = ("model.params.init_from", "model.params.feature_checkpoint")
+
+
+def resolve_run_refs(space: SearchSpace, opts: SearchOptions, tracker: Tracker
+                     ) -> dict[str, Any]:
+    """Fixed values of the form ``mlflow:...`` (see :meth:`Tracker.resolve_run_ref`) become
+    local checkpoint directories, once, on the driver, before any trial starts."""
+    out: dict[str, Any] = {}
+    dst = Path(opts.results_dir).resolve() / "resolved-runs"
+    for key in RUN_REF_KEYS:
+        value = space.fixed.get(key)
+        if isinstance(value, str) and value.startswith("mlflow:"):
+            out[key] = str(tracker.resolve_run_ref(value, dst))
+    return out
+
+
 def _overrides(space: SearchSpace, opts: SearchOptions) -> dict[str, Any]:
     o: dict[str, Any] = {}
     if opts.max_epochs is not None:
@@ -63,10 +79,12 @@ def _overrides(space: SearchSpace, opts: SearchOptions) -> dict[str, Any]:
     return o
 
 
-def preflight(space: SearchSpace, opts: SearchOptions) -> tuple[Tracker, Any]:
+def preflight(space: SearchSpace, opts: SearchOptions
+              ) -> tuple[Tracker, Any, dict[str, Any]]:
     """Everything that can fail on bad input, before a single run is written anywhere:
-    the config resolves, the dataset loads (and its cache is built once for all trials),
-    the tracking store answers."""
+    the config resolves, ``mlflow:`` run references resolve, the dataset loads (and its cache
+    is built once for all trials), the tracking store answers. Returns the tracker, the base
+    config and the overrides every trial gets."""
     from hpsearch.data import load_dataset
     from hpsearch.tracking import default_tracking_uri
 
@@ -76,16 +94,29 @@ def preflight(space: SearchSpace, opts: SearchOptions) -> tuple[Tracker, Any]:
         raise ConfigError(f"--max-epochs must be positive, got {opts.max_epochs}")
     if opts.data_root is not None and not Path(opts.data_root).is_dir():
         raise ConfigError(f"--data-root {opts.data_root} is not a directory")
-    cfg = space.resolve({}, _overrides(space, opts))
+    uri = opts.tracking_uri or default_tracking_uri(opts.results_dir)
+    tracker = Tracker(uri, opts.experiment or space.name,
+                      artifact_root=Path(opts.results_dir) / "mlruns")
+    overrides = _overrides(space, opts)
+    if any(isinstance(space.fixed.get(k), str) and space.fixed[k].startswith("mlflow:")
+           for k in RUN_REF_KEYS):
+        tracker.check()
+        overrides.update(resolve_run_refs(space, opts, tracker))
+    cfg = space.resolve({}, overrides)
     from hpsearch.models import FAMILIES
 
     if FAMILIES.get(cfg.model.family).task == "classifier":
         check_metric(cfg, load_dataset(cfg.data))
-    uri = opts.tracking_uri or default_tracking_uri(opts.results_dir)
-    tracker = Tracker(uri, opts.experiment or space.name,
-                      artifact_root=Path(opts.results_dir) / "mlruns")
+    else:  # build it once here: bad graphs/paths fail now, caches (features) are shared
+        from hpsearch.train.experiment import build_experiment
+
+        names = build_experiment(cfg).evaluate("val")
+        if cfg.metric.removeprefix("val_") not in names:
+            raise ConfigError(f"metric: {cfg.metric!r} is not produced by family "
+                              f"{cfg.model.family!r}; choose one of: "
+                              f"{', '.join('val_' + k for k in sorted(names))}")
     tracker.check()
-    return tracker, cfg
+    return tracker, cfg, overrides
 
 
 def check_metric(cfg: Any, data: Any) -> None:
@@ -130,7 +161,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    tracker, base_cfg = preflight(space, opts)
+    tracker, base_cfg, overrides = preflight(space, opts)
     results = Path(opts.results_dir).resolve()
     storage = results / "ray"
     storage.mkdir(parents=True, exist_ok=True)
@@ -186,7 +217,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         tuner = tune.Tuner.restore(str(resume_path), trainable=trainable,
                                    resume_unfinished=True, resume_errored=True)
     else:
-        base = space.base_tree(_overrides(space, opts))
+        base = space.base_tree(overrides)
         constants = {BASE_KEY: base, STORAGE_KEY: str(storage / "train")}
         seed = space.sampler.seed if opts.seed is None else opts.seed
         if space.sampler.type == "tpe":
