@@ -239,7 +239,10 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         reporter = tune.CLIReporter(
             metric_columns={"epoch": "ep", space.metric: space.metric,
                             "train_loss": "loss"},
-            parameter_columns=list(space.search)[:6], max_report_frequency=15,
+            # conditional dimensions are absent from some trials' configs, and Tune's reporter
+            # raises KeyError on a missing column: show only unconditional ones
+            parameter_columns=[k for k, d in space.search.items() if not d.when][:6],
+            max_report_frequency=15,
             sort_by_metric=True)
         tuner = tune.Tuner(
             trainable,
