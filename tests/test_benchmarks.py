@@ -1,0 +1,104 @@
+"""The input-pipeline benchmark runs both paths on the same images (no timing assertions)."""
+
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from hpsearch.benchmarks import (
+    JpegFiles,
+    compare_pipelines,
+    extract_members,
+    input_pipeline,
+    resize_benchmark,
+    write_jpegs,
+)
+from hpsearch.config import DataConfig
+from hpsearch.data import load_dataset
+from hpsearch.errors import ConfigError, DataError
+from tests.conftest import TINY_DATA
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_dataset(DataConfig(params=TINY_DATA))
+
+
+def test_both_paths_same_images_finite_losses(tiny, tmp_path):
+    files = write_jpegs(np.asarray(tiny.train.images), tmp_path / "jpg")
+    assert len(files) == len(tiny.train)
+    res = compare_pipelines(tiny.train, files, tiny.hierarchy, mean=tiny.mean, std=tiny.std,
+                            image_size=32, width=4, batches=2, batch_size=8, num_workers=0)
+    # 2 batches of 8 on every pass, the same count for both pipelines
+    assert {k: r.images for k, r in res.items()} == {
+        "memmap_data": 16, "memmap_train": 16, "jpeg_data": 16, "jpeg_train": 16}
+    for k in ("memmap_train", "jpeg_train"):
+        assert len(res[k].losses) == 2
+        assert all(math.isfinite(v) for v in res[k].losses)
+    assert res["memmap_data"].losses == [] and res["jpeg_data"].losses == []
+    # the first training step sees the same images, labels and init on both paths, so the
+    # first losses agree up to JPEG loss and the different (same-distribution) augmentation
+    assert res["memmap_train"].losses[0] == pytest.approx(res["jpeg_train"].losses[0], rel=0.5)
+
+
+def test_jpeg_dataset_matches_source_without_augmentation(tmp_path):
+    """A decoded q95 JPEG of a smooth image ≈ the source after the same normalisation."""
+    ramp = np.linspace(30, 220, 32)
+    imgs = np.stack([np.stack(np.broadcast_arrays(ramp[None, :] + k, ramp[:, None],
+                                                  np.full((32, 32), 90.0 + 40 * k)), -1)
+                     for k in range(3)]).round().astype(np.uint8)  # smooth [3, 32, 32, 3]
+    labels = np.array([[0, 1], [1, 2], [0, 0]])
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    files = write_jpegs(imgs, tmp_path / "jpg")
+    ds = JpegFiles(files, labels, mean=mean, std=std, size=32, augment=False)
+    x, y = ds[1]
+    assert x.shape == (3, 32, 32)
+    assert y.tolist() == [1, 2]
+    ref = torch.from_numpy(imgs[1]).permute(2, 0, 1).float() / 255
+    ref = (ref - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    assert (x - ref).abs().mean() < 0.1  # JPEG q95 error, in normalised units
+    # resizing happens in the worker when the stored side differs from the model's
+    small = JpegFiles(files, labels, mean=mean, std=std, size=16, augment=True)[0][0]
+    assert small.shape == (3, 16, 16)
+
+
+def test_input_pipeline_synthetic_end_to_end(tmp_path):
+    rep = input_pipeline(dataset="synthetic", batches=2, batch_size=4, width=4, num_workers=0,
+                         work_dir=str(tmp_path))
+    assert rep.memmap_train.images == rep.jpeg_train.images == 8
+    assert rep.cache_build_s is not None and rep.cache_build_s > 0
+    assert "memmap cache" in rep.markdown() and "JPEG files" in rep.markdown()
+
+
+def test_extract_members_in_order(tmp_path):
+    arc = tmp_path / "a.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        for name, data in (("train/cat/1.jpg", b"one"), ("train/dog/2.jpg", b"two")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    got = extract_members(arc, ["train/dog/2.jpg", "train/cat/1.jpg"], tmp_path / "x")
+    assert [p.read_bytes() for p in got] == [b"two", b"one"]
+    with pytest.raises(DataError, match="train/cow/3.jpg"):
+        extract_members(arc, ["train/cow/3.jpg"], tmp_path / "y")
+
+
+def test_bad_budget_is_config_error(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="batches"):
+        compare_pipelines(tiny.train, [], tiny.hierarchy, mean=tiny.mean, std=tiny.std,
+                          image_size=32, batches=0)
+
+
+def test_resize_benchmark_rows():
+    rows = resize_benchmark(n=2, src=64, dst=32, repeats=1)
+    assert [r["method"] for r in rows] == ["pil", "pil_draft", "torchvision", "hpsearch_cache"]
+    by = {r["method"]: r for r in rows}
+    assert by["torchvision"]["mean_abs_diff_vs_torchvision"] == 0.0
+    assert all(r["images_per_s"] > 0 for r in rows)
+    # every method produces the same picture up to resampling differences (0-255 scale)
+    assert all(r["mean_abs_diff_vs_torchvision"] < 10 for r in rows)
