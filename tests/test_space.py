@@ -75,5 +75,5 @@ def test_trial_config_flat_roundtrip():
 def test_shipped_spaces_validate():
     from pathlib import Path
 
-    for f in sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml")):
+    for f in sorted((Path(__file__).resolve().parents[1] / "search_spaces").rglob("*.yaml")):
         load_space(f)

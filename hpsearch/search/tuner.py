@@ -95,11 +95,16 @@ def preflight(space: SearchSpace, opts: SearchOptions
     if opts.data_root is not None and not Path(opts.data_root).is_dir():
         raise ConfigError(f"--data-root {opts.data_root} is not a directory")
     uri = opts.tracking_uri or default_tracking_uri(opts.results_dir)
-    tracker = Tracker(uri, opts.experiment or space.name,
-                      artifact_root=Path(opts.results_dir) / "mlruns")
+
+    def make_tracker() -> Tracker:  # opening a SQLite store creates it: only when needed
+        return Tracker(uri, opts.experiment or space.name,
+                       artifact_root=Path(opts.results_dir) / "mlruns")
+
+    tracker = None
     overrides = _overrides(space, opts)
     if any(isinstance(space.fixed.get(k), str) and space.fixed[k].startswith("mlflow:")
            for k in RUN_REF_KEYS):
+        tracker = make_tracker()
         tracker.check()
         overrides.update(resolve_run_refs(space, opts, tracker))
     cfg = space.resolve({}, overrides)
@@ -115,6 +120,7 @@ def preflight(space: SearchSpace, opts: SearchOptions
             raise ConfigError(f"metric: {cfg.metric!r} is not produced by family "
                               f"{cfg.model.family!r}; choose one of: "
                               f"{', '.join('val_' + k for k in sorted(names))}")
+    tracker = tracker or make_tracker()
     tracker.check()
     return tracker, cfg, overrides
 

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Reproduce thesis Tables 6.1 and 6.2 (label-only embeddings of the real ETHEC label hierarchy)
+# with hpsearch searches, then collect the best run of each cell into
+# results/ethec_label_embeddings.csv.  See results/ethec_label_embeddings.md for the protocol.
+#
+# usage: results/run_ethec_tables.sh [CELL ...]     run the named cells (default: all, in the
+#                                                  order they were run), then collect
+#        results/run_ethec_tables.sh collect       only rebuild the CSV from the MLflow stores
+#
+# CELL is a search-space stem without "ethec_", e.g. t61_euclidean_cone_d10 or
+# t62_hyperbolic_cone_d100.  Scratch (MLflow SQLite stores, Ray state, logs) goes to
+# $ETHEC_EVIDENCE (default /tmp/ethec-evidence): t61/ for Table 6.1, t62/ for Table 6.2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+EVID=${ETHEC_EVIDENCE:-/tmp/ethec-evidence}
+mkdir -p "$EVID/logs"
+
+ALL_CELLS=(
+  t61_euclidean_cone_d10 t61_order_embedding_d10 t61_euclidean_cone_d2 t61_order_embedding_d2
+  t62_hyperbolic_cone_d100
+  t61_euclidean_cone_d100 t61_order_embedding_d100 t61_euclidean_cone_d3 t61_order_embedding_d3
+  t61_euclidean_cone_d5 t61_order_embedding_d5
+  t61_order_embedding_d2_long t62_euclidean_cone_d100 t62_order_embedding_d100
+  t62_hyperbolic_cone_d2 t62_hyperbolic_cone_d100_nb50
+  t62_euclidean_cone_d2 t62_order_embedding_d2
+  t62_hyperbolic_cone_d1000 t62_euclidean_cone_d1000 t62_order_embedding_d1000
+)
+
+run_cell() {  # one search: search_spaces/ethec_tables/ethec_<cell>.yaml -> $EVID/<t61|t62>/mlflow.db
+  local cell=$1 table=${1%%_*} t0 rc=0
+  t0=$(date +%s)
+  timeout 1500 hpsearch search "search_spaces/ethec_tables/ethec_${cell}.yaml" \
+    --results-dir "$EVID/$table" -v 0 > "$EVID/logs/${cell}.log" 2>&1 || rc=$?
+  echo "${cell} wall_s=$(( $(date +%s) - t0 )) rc=${rc}" | tee -a "$EVID/logs/walltimes.txt"
+}
+
+collect() {  # best run per cell -> CSV (selection on val only; ties: earlier best epoch)
+  python - "$EVID" results/ethec_label_embeddings.csv <<'EOF'
+import csv, re, sys
+from pathlib import Path
+import yaml
+from hpsearch.tracking import Tracker
+
+evid, out = Path(sys.argv[1]), Path(sys.argv[2])
+THESIS = {  # (table, method, d) -> thesis value(s): T6.1 test F1; T6.2 TPR/TNR/full-F1
+    **{("6.1", "order_embedding", d): (v,) for d, v in
+       zip((2, 3, 5, 10, 100), (.8271, .9302, .9457, .9920, .9920))},
+    **{("6.1", "euclidean_cone", d): (v,) for d, v in
+       zip((2, 3, 5, 10, 100), (.8550, .9979, .9593, .9919, .9752))},
+    ("6.2", "order_embedding", 2): (.2309, .9708, .1372),
+    ("6.2", "order_embedding", 100): (.4686, .9880, .3894),
+    ("6.2", "order_embedding", 1000): (.3788, .9878, .3489),
+    ("6.2", "euclidean_cone", 2): (.3617, .9975, .3573),
+    ("6.2", "euclidean_cone", 100): (.4802, .9985, .4151),
+    ("6.2", "euclidean_cone", 1000): (.5790, .9973, .4091),
+    ("6.2", "hyperbolic_cone", 2): (.4443, .9907, .2296),
+    ("6.2", "hyperbolic_cone", 100): (.9336, .9986, .8060),
+    ("6.2", "hyperbolic_cone", 1000): (.9721, .9986, .8257),
+}
+walls = {}
+wt = evid / "logs" / "walltimes.txt"
+if wt.exists():
+    for line in wt.read_text().splitlines():
+        m = re.match(r"(\S+) wall_s=(\d+) rc=(\d+)", line)
+        if m:
+            walls[m[1]] = (int(m[2]), int(m[3]))
+PARAMS = ["optim.lr", "optim.batch_size", "model.params.margin", "model.params.K",
+          "model.params.energy", "model.params.negatives_per_side",
+          "model.params.negative_strategy", "model.params.optimizer",
+          "model.params.non_basic_fraction"]
+METRICS = ["test_edge_f1", "test_edge_precision", "test_edge_recall", "test_threshold",
+           "test_recon_tpr", "test_recon_tnr", "test_full_f1", "test_recon_basic_f1"]
+cells = {}  # (table, family, d, non_basic_fraction) -> searches (several searches = one pool)
+for space_file in sorted(Path("search_spaces").glob("ethec_t6[12]_*_d*.yaml")):
+    stem = space_file.stem.removeprefix("ethec_")
+    sp = yaml.safe_load(space_file.read_text())
+    table = "6.1" if stem.startswith("t61") else "6.2"
+    db = evid / ("t61" if table == "6.1" else "t62") / "mlflow.db"
+    if not db.exists():
+        continue
+    t = Tracker(f"sqlite:///{db}", sp["name"])
+    try:
+        runs = t.client.search_runs([t.existing_experiment_id()],
+                                    filter_string="tags.`hpsearch.role` = 'trial'",
+                                    max_results=1000)
+    except Exception:  # noqa: BLE001 - cell not run yet
+        continue
+    sel = "best_" + sp["metric"]  # best epoch of each trial (the driver logs it per report)
+    runs = [r for r in runs if sel in r.data.metrics]
+    if not runs:
+        continue
+    fx = sp["fixed"]
+    key = (table, sp["family"], fx["model.params.dim"], fx["model.params.non_basic_fraction"])
+    bud = sp["budget"]
+    c = cells.setdefault(key, {"sel": sel, "metric": sp["metric"], "runs": [], "names": [],
+                               "budgets": [], "wall": 0})
+    c["runs"] += runs
+    c["names"].append(sp["name"])
+    c["budgets"].append(f"{sp['name']}: {bud['num_samples']} trials x <= {bud['max_epochs']} "
+                        f"ep (ASHA grace {bud['grace_period']} rf {bud['reduction_factor']})")
+    c["wall"] += walls.get(stem, (0, 0))[0]
+rows = []
+for (table, family, d, nbf), c in cells.items():
+    sel, runs = c["sel"], c["runs"]
+    runs.sort(key=lambda r: (-r.data.metrics[sel], r.data.metrics.get("best_epoch", 1e9),
+                             r.info.start_time))
+    b = runs[0]
+    top = b.data.metrics[sel]
+    tied = [r for r in runs if r.data.metrics[sel] == top]
+    tkey = "test_" + c["metric"].removeprefix("val_")
+    row = {"table": table, "method": family, "d": d, "non_basic_fraction": nbf,
+           "experiments": " + ".join(c["names"]), "run_id": b.info.run_id,
+           "trial_id": b.data.tags.get("hpsearch.trial_id"),
+           "selection": sel, "selected_value": round(top, 4),
+           "best_epoch": int(b.data.metrics.get("best_epoch", -1)),
+           "epochs_run": int(b.data.metrics.get("epoch", -1)),
+           "n_trials": len(runs), "n_tied_at_best": len(tied),
+           "tied_test_range": f"{min(r.data.metrics.get(tkey, -1) for r in tied):.4f}-"
+                              f"{max(r.data.metrics.get(tkey, -1) for r in tied):.4f}",
+           **{m: round(b.data.metrics[m], 4) if m in b.data.metrics else "" for m in METRICS},
+           **{p.split(".")[-1]: b.data.params.get(p, "") for p in PARAMS[:-1]},
+           "thesis": "/".join(f"{v:.4f}" for v in THESIS.get((table, family, d), ())),
+           "budget": "; ".join(c["budgets"]), "search_wall_s": c["wall"]}
+    rows.append(row)
+order = {"6.1": 0, "6.2": 1}
+rows.sort(key=lambda r: (order[r["table"]], r["method"], r["d"],
+                         -r["non_basic_fraction"]))
+if rows:
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+print(f"{len(rows)} rows -> {out}")
+for r in rows:
+    print(r["table"], r["method"], r["d"], r["non_basic_fraction"], r["selected_value"], r["test_edge_f1"],
+          r["test_recon_tpr"], r["test_recon_tnr"], r["test_full_f1"], "thesis", r["thesis"])
+EOF
+}
+
+if [[ "${1:-}" == "collect" ]]; then
+  collect
+  exit 0
+fi
+cells=("$@")
+[[ ${#cells[@]} -eq 0 ]] && cells=("${ALL_CELLS[@]}")
+for c in "${cells[@]}"; do run_cell "$c"; done
+collect
