@@ -473,6 +473,7 @@ def resize_benchmark(n: int = 64, src: int = 448, dst: int = 224, quality: int =
 
 # ---------------------------------------------------------------------------- MLflow summaries
 RUN_PARAMS = ("model.family", "model.backbone", "model.width", "optim.optimizer", "optim.lr",
+              "optim.momentum", "optim.weight_decay",
               "optim.batch_size", "optim.schedule", "optim.sgdr_period", "optim.sgdr_mult",
               "optim.level_weights", "data.resample", "data.class_weights",
               "data.params.limit_per_class", "model.params.decision_rule",

@@ -10,6 +10,7 @@
 # CELL is a search-space stem without "ethec_", e.g. t61_euclidean_cone_d10 or
 # t62_hyperbolic_cone_d100.  Scratch (MLflow SQLite stores, Ray state, logs) goes to
 # $ETHEC_EVIDENCE (default /tmp/ethec-evidence): t61/ for Table 6.1, t62/ for Table 6.2.
+# ETHEC_RESUME=1 adds --resume (continue the newest unfinished search of each named cell).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -27,11 +28,13 @@ ALL_CELLS=(
   t62_hyperbolic_cone_d1000 t62_euclidean_cone_d1000 t62_order_embedding_d1000
 )
 
-run_cell() {  # one search: search_spaces/ethec_tables/ethec_<cell>.yaml -> $EVID/<t61|t62>/mlflow.db
+# one search: search_spaces/ethec_tables/ethec_<cell>.yaml -> $EVID/<t61|t62>/mlflow.db
+run_cell() {
   local cell=$1 table=${1%%_*} t0 rc=0
   t0=$(date +%s)
   timeout 1500 hpsearch search "search_spaces/ethec_tables/ethec_${cell}.yaml" \
-    --results-dir "$EVID/$table" -v 0 > "$EVID/logs/${cell}.log" 2>&1 || rc=$?
+    --results-dir "$EVID/$table" -v 0 ${ETHEC_RESUME:+--resume} \
+    >> "$EVID/logs/${cell}.log" 2>&1 || rc=$?
   echo "${cell} wall_s=$(( $(date +%s) - t0 )) rc=${rc}" | tee -a "$EVID/logs/walltimes.txt"
 }
 
@@ -63,8 +66,8 @@ wt = evid / "logs" / "walltimes.txt"
 if wt.exists():
     for line in wt.read_text().splitlines():
         m = re.match(r"(\S+) wall_s=(\d+) rc=(\d+)", line)
-        if m:
-            walls[m[1]] = (int(m[2]), int(m[3]))
+        if m:  # a cell run in several attempts (killed, resumed): wall times add up
+            walls[m[1]] = (walls.get(m[1], (0, 0))[0] + int(m[2]), int(m[3]))
 PARAMS = ["optim.lr", "optim.batch_size", "model.params.margin", "model.params.K",
           "model.params.energy", "model.params.negatives_per_side",
           "model.params.negative_strategy", "model.params.optimizer",
@@ -72,7 +75,7 @@ PARAMS = ["optim.lr", "optim.batch_size", "model.params.margin", "model.params.K
 METRICS = ["test_edge_f1", "test_edge_precision", "test_edge_recall", "test_threshold",
            "test_recon_tpr", "test_recon_tnr", "test_full_f1", "test_recon_basic_f1"]
 cells = {}  # (table, family, d, non_basic_fraction) -> searches (several searches = one pool)
-for space_file in sorted(Path("search_spaces").glob("ethec_t6[12]_*_d*.yaml")):
+for space_file in sorted(Path("search_spaces/ethec_tables").glob("ethec_t6[12]_*_d*.yaml")):
     stem = space_file.stem.removeprefix("ethec_")
     sp = yaml.safe_load(space_file.read_text())
     table = "6.1" if stem.startswith("t61") else "6.2"
@@ -133,7 +136,8 @@ if rows:
         w.writerows(rows)
 print(f"{len(rows)} rows -> {out}")
 for r in rows:
-    print(r["table"], r["method"], r["d"], r["non_basic_fraction"], r["selected_value"], r["test_edge_f1"],
+    print(r["table"], r["method"], r["d"], r["non_basic_fraction"], r["selected_value"],
+          r["test_edge_f1"],
           r["test_recon_tpr"], r["test_recon_tnr"], r["test_full_f1"], "thesis", r["thesis"])
 EOF
 }
