@@ -31,7 +31,7 @@ resources: {resources}
 """
 
 
-def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path, timeout: int = 1500) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
            "RAY_DEDUP_LOGS": "0"}
     return subprocess.run([sys.executable, "-m", "hpsearch.cli", *args], cwd=cwd, env=env,
