@@ -138,7 +138,7 @@ def test_inprocess_search_resume_keeps_one_run_per_trial(tmp_path):
                              "--results-dir", str(res)], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = res / "mlflow.db"
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     while time.time() < deadline:
         time.sleep(1)
         try:
@@ -148,7 +148,7 @@ def test_inprocess_search_resume_keeps_one_run_per_trial(tmp_path):
         if n and n[0][0] >= 2:
             break
     proc.send_signal(2)  # SIGINT: Tune saves its state and stops
-    proc.wait(timeout=120)
+    proc.wait(timeout=600)
     before = trial_runs(db)
     assert 1 <= len(before) <= 3
     r = cli("search", str(f), "--results-dir", str(res), "--resume", cwd=tmp_path)
