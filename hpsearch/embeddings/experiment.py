@@ -42,7 +42,7 @@ from hpsearch.embeddings.splits import (
 )
 from hpsearch.errors import ConfigError, DataError, NonFiniteLossError
 from hpsearch.metrics.edges import best_threshold_f1, f1_at_threshold, graph_reconstruction
-from hpsearch.models.base import FAMILIES
+from hpsearch.models.base import task_params
 from hpsearch.models.embedding_families import (
     TASK,
     LabelEmbedding,
@@ -124,12 +124,8 @@ class LabelEmbeddingExperiment:
         self.cfg = cfg
         self.ctx = ctx or RunContext()
         self.device = torch.device(self.ctx.device)
-        spec = FAMILIES.get(cfg.model.family)
-        if spec.task != TASK:
-            allowed = [n for n in FAMILIES.names() if FAMILIES.get(n).task == TASK]
-            raise ConfigError(f"model.family {cfg.model.family!r} is a {spec.task!r} family; "
-                              f"the label-embedding experiment needs one of {allowed}")
-        self.params: LabelEmbeddingParams = spec.parse_params(cfg.model.params)  # type: ignore
+        self.params: LabelEmbeddingParams = task_params(  # type: ignore[assignment]
+            cfg.model.family, cfg.model.params, TASK, "label-embedding")
         self.graph = graph if graph is not None else load_label_graph(cfg)
         self.nodes = tuple(str(x) for x in self.graph.nodes)
         self.splits = build_splits(self.graph, self.params)

@@ -71,7 +71,7 @@ from hpsearch.geometry import (
 )
 from hpsearch.metrics.classification import level_metrics, levels_to_multihot
 from hpsearch.metrics.edges import graph_reconstruction
-from hpsearch.models.base import FAMILIES
+from hpsearch.models.base import task_params
 from hpsearch.models.joint_families import (
     TASK,
     JointEmbedding,
@@ -347,12 +347,8 @@ class JointEmbeddingExperiment:
         self.cfg = cfg
         self.ctx = ctx or RunContext()
         self.device = torch.device(self.ctx.device)
-        spec = FAMILIES.get(cfg.model.family)
-        if spec.task != TASK:
-            allowed = [n for n in FAMILIES.names() if FAMILIES.get(n).task == TASK]
-            raise ConfigError(f"model.family {cfg.model.family!r} is a {spec.task!r} family; "
-                              f"the joint-embedding experiment needs one of {allowed}")
-        p: JointEmbeddingParams = spec.parse_params(cfg.model.params)  # type: ignore[assignment]
+        p: JointEmbeddingParams = task_params(  # type: ignore[assignment]
+            cfg.model.family, cfg.model.params, TASK, "joint-embedding")
         self.params = p
         self.data = dataset if dataset is not None else load_dataset(cfg.data)
         h = self.data.hierarchy

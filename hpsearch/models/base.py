@@ -149,6 +149,17 @@ class FamilySpec:
 FAMILIES: Registry[FamilySpec] = Registry("model family")
 
 
+def task_params(family: str, raw: dict[str, Any], task: str, what: str) -> FamilyParams:
+    """Parse ``model.params`` of ``family``, which must belong to ``task`` (the experiment
+    ``what`` says which families it trains when it does not)."""
+    spec = FAMILIES.get(family)
+    if spec.task != task:
+        allowed = [n for n in FAMILIES.names() if FAMILIES.get(n).task == task]
+        raise ConfigError(f"model.family {family!r} is a {spec.task!r} family; the {what} "
+                          f"experiment needs one of {allowed}")
+    return spec.parse_params(raw)
+
+
 def register_family(name: str, *, task: str = "classifier", params: type[FamilyParams] =
                     FamilyParams, description: str = "") -> Callable:
     """Decorator: ``@register_family("per_level")`` on a builder."""
