@@ -94,10 +94,11 @@ def _print_best(t, metric: str, mode: str, top: int, search_id: str | None = Non
     for i, r in enumerate(runs, 1):
         m = r.data.metrics
         tv = f"{m[test_key]:.4f}" if test_key in m else "-"
+        val = m.get(f"best_{metric}", m[metric])
         status = r.data.tags.get("hpsearch.status", r.info.status)
         if r.data.tags.get("hpsearch.stopped_early") == "true":
             status = "ASHA-stop"
-        print(f"{i:<5}{m[metric]:<22.4f}{tv:<22}{r.info.run_id:<34}{status:<10}"
+        print(f"{i:<5}{val:<22.4f}{tv:<22}{r.info.run_id:<34}{status:<10}"
               f"{summarize_params(r.data.params, shown)}")
 
 

@@ -215,10 +215,13 @@ class Tracker:
         flt = f"tags.`{TAG}role` = 'trial'"
         if search_id:
             flt += f" and tags.`{TAG}search_id` = '{search_id}'"
-        order = f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"
+        # trials log best_<metric> (the best evaluated epoch, whose test_* they also log):
+        # rank by it, not by the last epoch's value, when it exists
+        key = f"best_{metric}" if metric.startswith("val_") else metric
+        order = f"metrics.`{key}` {'DESC' if mode == 'max' else 'ASC'}"
         runs = self.client.search_runs([self.existing_experiment_id()], filter_string=flt,
                                        order_by=[order], max_results=max(top * 4, 50))
-        runs = [r for r in runs if metric in r.data.metrics]
+        runs = [r for r in runs if key in r.data.metrics or metric in r.data.metrics]
         return runs[:top]
 
     def get_run(self, run_id: str):

@@ -270,7 +270,8 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     best = None
     try:
         b = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
-        best = {"metric": space.metric, "value": b.metrics.get(space.metric),
+        best = {"metric": space.metric,  # best epoch of the best trial, not its last one
+                "value": b.metrics.get(f"best_{space.metric}", b.metrics.get(space.metric)),
                 "config": {k: v for k, v in b.config.items() if not k.startswith("__")},
                 "trial_id": b.metrics.get("trial_id")}
     except Exception:  # noqa: BLE001 - no successful trial
