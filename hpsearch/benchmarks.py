@@ -584,9 +584,91 @@ def compare_best(results_dir: str, experiments: Sequence[str], metric: str = "va
 
 
 # ---------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------- label embeddings
+def label_throughput(*, family: str = "hyperbolic_cone", dim: int = 10,
+                     label_source: str = "wordnet", source_params: dict[str, Any] | None = None,
+                     batch_size: int = 1024, negatives_per_side: int = 5,
+                     non_basic_fraction: float = 0.5, epochs: int = 3, device: str = "cpu",
+                     ceiling_batch: int = 65536, ceiling_steps: int = 20,
+                     extra_params: dict[str, Any] | None = None,
+                     threads: int | None = None) -> dict[str, Any]:
+    """Training throughput of a label-embedding family on a label graph (issue 5).
+
+    Times whole ``LabelEmbeddingExperiment.train_one_epoch`` calls (negative sampling on the
+    device, every optimizer step; one untimed warm-up epoch first) and, as the ceiling they are
+    measured against, the bare energy forward + backward on ``ceiling_batch`` random node pairs
+    (no sampling, no optimizer). Throughput is in **energies per second**: an epoch evaluates
+    ``P · (1 + 2k)`` energies for ``P`` training positives and ``k`` negatives per side.
+
+    ``threads`` sets torch's CPU threads: on a busy machine more threads than free cores make
+    these small ops many times slower (OpenMP threads wait for each other), so CPU figures are
+    taken with 1 thread, as a 1-CPU Ray trial runs.
+
+    Returns a dict with the graph size, the config, seconds per epoch (each timed epoch),
+    epochs/s, energies/s of training and of the ceiling, and the load average around the run.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    from hpsearch.config import TrialConfig
+    from hpsearch.embeddings.experiment import LabelEmbeddingExperiment
+    from hpsearch.train.experiment import RunContext
+
+    load_before = _loadavg()
+    dev = torch.device(device)
+    cfg = TrialConfig.from_flat({
+        "model.family": family, "model.params.dim": dim,
+        "model.params.negatives_per_side": negatives_per_side,
+        "model.params.non_basic_fraction": non_basic_fraction,
+        "model.params.recon_max_nodes": 0, **{f"model.params.{k}": v for k, v in
+                                              (extra_params or {}).items()},
+        "data.params": {"label_source": label_source, **(source_params or {})},
+        "optim.batch_size": batch_size, "optim.schedule": "none", "optim.epochs": epochs})
+    t = time.perf_counter()
+    exp = LabelEmbeddingExperiment(cfg, RunContext(device=dev))
+    setup_s = time.perf_counter() - t
+    n_pos = len(exp.train_pos)
+    per_epoch = n_pos * (1 + 2 * negatives_per_side)
+    exp.train_one_epoch(0)  # warm-up: allocator, kernels, autotuning
+    _sync(dev)
+    times = []
+    for e in range(epochs):
+        t = time.perf_counter()
+        exp.train_one_epoch(e + 1)
+        _sync(dev)
+        times.append(time.perf_counter() - t)
+    # ceiling: energy forward + backward over random pairs, same model and dtype
+    n = exp.splits.num_nodes
+    g = torch.Generator(device=dev).manual_seed(0)
+    pairs = torch.randint(0, n, (ceiling_batch, 2), generator=g, device=dev)
+    w = exp.model.weight
+    for _ in range(3):
+        exp.model.pair_energy(pairs).sum().backward()
+    _sync(dev)
+    t = time.perf_counter()
+    for _ in range(ceiling_steps):
+        w.grad = None
+        exp.model.pair_energy(pairs).sum().backward()
+    _sync(dev)
+    ceiling_s = (time.perf_counter() - t) / ceiling_steps
+    med = float(np.median(times))
+    return {
+        "family": family, "dim": dim, "label_source": label_source,
+        "source_params": source_params or {}, "nodes": n,
+        "closure_edges": int(len(exp.splits.closure)), "train_positives": n_pos,
+        "negatives_per_side": negatives_per_side, "batch_size": batch_size,
+        "steps_per_epoch": -(-n_pos // batch_size), "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(), "setup_s": setup_s,
+        "epoch_s": times, "epoch_s_median": med, "epochs_per_s": 1.0 / med,
+        "train_energies_per_s": per_epoch / med, "train_positives_per_s": n_pos / med,
+        "ceiling_batch": ceiling_batch, "ceiling_energies_per_s": ceiling_batch / ceiling_s,
+        "dtype": str(w.dtype).replace("torch.", ""), "torch": torch.__version__,
+        "loadavg_before": load_before, "loadavg_after": _loadavg()}
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hpsearch.benchmarks",
-                                 description="input-pipeline benchmarks (issue 3)")
+                                 description="input-pipeline and label-embedding benchmarks")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("input-pipeline", help="memmap cache vs per-batch JPEG decoding")
     p.add_argument("--dataset", default="cifar10")
@@ -621,6 +703,24 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", default="val_micro_f1")
     c.add_argument("--out", required=True)
 
+    t = sub.add_parser("label-throughput", help="label-embedding training energies/s vs the "
+                       "bare energy forward+backward ceiling (WordNet nouns by default)")
+    t.add_argument("--family", default="hyperbolic_cone")
+    t.add_argument("--dim", type=int, default=10)
+    t.add_argument("--label-source", default="wordnet")
+    t.add_argument("--source-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="label-source params, e.g. root=entity.n.01 (all WordNet nouns)")
+    t.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="further model.params, e.g. optimizer=riemannian_adam")
+    t.add_argument("--batch-size", type=int, default=1024)
+    t.add_argument("--negatives-per-side", type=int, default=5)
+    t.add_argument("--non-basic-fraction", type=float, default=0.5)
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    t.add_argument("--ceiling-batch", type=int, default=65536)
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    t.add_argument("--json", help="also write the result as JSON to this file")
+
     m = sub.add_parser("compare", help="Markdown table of each experiment's best run")
     m.add_argument("--results-dir", default="results")
     m.add_argument("--tracking-uri")
@@ -650,6 +750,26 @@ def main(argv: list[str] | None = None) -> int:
             print(rep.markdown())
             if args.json:
                 Path(args.json).write_text(json.dumps(asdict(rep), indent=1))
+        elif args.command == "label-throughput":
+            import yaml
+
+            kv = lambda items: {k: yaml.safe_load(v) for k, v in  # noqa: E731
+                                (i.split("=", 1) for i in items)}
+            res = label_throughput(
+                family=args.family, dim=args.dim, label_source=args.label_source,
+                source_params=kv(args.source_param), batch_size=args.batch_size,
+                negatives_per_side=args.negatives_per_side,
+                non_basic_fraction=args.non_basic_fraction, epochs=args.epochs,
+                device=args.device, ceiling_batch=args.ceiling_batch,
+                extra_params=kv(args.param), threads=args.threads)
+            print(json.dumps(res))
+            print(f"{res['family']} d={res['dim']} on {res['nodes']} nodes / "
+                  f"{res['train_positives']} train edges ({res['device_name']}): "
+                  f"{res['epochs_per_s']:.3f} epochs/s, training "
+                  f"{res['train_energies_per_s']:,.0f} energies/s, bare energy fwd+bwd "
+                  f"{res['ceiling_energies_per_s']:,.0f}/s")
+            if args.json:
+                Path(args.json).write_text(json.dumps(res, indent=1))
         elif args.command == "runs-csv":
             rows = []
             for exp in args.experiment.split(","):

@@ -49,6 +49,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = run_search(space, opts)
     print(f"\nsearch {out.search_id}: {out.num_trials} trials, {out.num_stopped_early} stopped "
           f"early by ASHA, {out.num_errors} failed, {out.wall_s:.0f} s")
+    if out.num_unfinished:
+        print(f"hpsearch: search interrupted with {out.num_unfinished} unfinished trials (their "
+              f"MLflow runs are marked KILLED); continue it with: hpsearch search {args.space} "
+              f"--resume" + (f" --results-dir {args.results_dir}" if args.results_dir else ""),
+              file=sys.stderr)
+        return 130
     print(f"MLflow experiment {out.experiment!r} at {out.tracking_uri} "
           f"(parent run {out.parent_run_id})")
     if out.best and out.best.get("value") is not None:
@@ -246,11 +252,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         m, p = r.data.metrics, r.data.params
         levels = sorted(int(k.rsplit("_", 1)[1]) for k in m
                         if k.startswith(f"{args.split}_micro_f1_level_"))
-        sizes = _level_sizes_of(r, len(levels))
+        sizes, names = _levels_of(r, len(levels))
         print(f"### run {r.info.run_id}  ({p.get('model.family')}, {p.get('model.backbone')}, "
               f"{p.get('data.name')}; best epoch {int(m.get('best_epoch', 0))} of "
               f"{r.data.tags.get('hpsearch.epochs_run', '?')}; {args.split} split)\n")
-        print(thesis_table(m, sizes, args.split))
+        print(thesis_table(m, sizes, args.split, names))
         shown = {k: m[f"{args.split}_{k}"] for k in extra if f"{args.split}_{k}" in m}
         if shown:
             print("\n" + "  ".join(f"{args.split}_{k} = {v:.4f}" for k, v in shown.items()))
@@ -258,17 +264,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _level_sizes_of(run, n_levels: int) -> list[int]:
-    """Label count per level, read from the run's dataset (0 when it is not available here)."""
+def _levels_of(run, n_levels: int) -> tuple[list[int], list[str] | None]:
+    """Label count and name per level, read from the run's dataset (counts 0 and no names when
+    the dataset is not available here)."""
     from hpsearch.config import TrialConfig
     from hpsearch.data import load_dataset
 
     try:
         flat = {k: None if v == "None" else _parse_value(v) for k, v in run.data.params.items()}
         cfg = TrialConfig.from_flat(flat)
-        return list(load_dataset(cfg.data).hierarchy.level_sizes)
+        h = load_dataset(cfg.data).hierarchy
+        return list(h.level_sizes), list(h.level_names) or None
     except Exception:  # noqa: BLE001 - dataset not available here: sizes unknown
-        return [0] * n_levels
+        return [0] * n_levels, None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

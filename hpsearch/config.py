@@ -96,7 +96,7 @@ class TrialConfig(_Frozen):
     def flatten(self) -> dict[str, Any]:
         """The fully resolved config as ``{dotted.key: value}`` (for MLflow params)."""
         out: dict[str, Any] = {}
-        _flatten(self.model_dump(), "", out)
+        flatten_into(self.model_dump(), out)
         return out
 
     def replace(self, **flat: Any) -> TrialConfig:
@@ -140,9 +140,10 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
+def flatten_into(node: Any, out: dict[str, Any], prefix: str = "") -> None:
+    """Nested dicts -> ``out[dotted.key] = leaf`` (tuples become lists, empty dicts leaves)."""
     if isinstance(node, dict) and node:
         for k, v in node.items():
-            _flatten(v, f"{prefix}{k}.", out)
+            flatten_into(v, out, f"{prefix}{k}.")
     else:
         out[prefix[:-1]] = list(node) if isinstance(node, tuple) else node

@@ -231,6 +231,14 @@ class Tracker:
             raise TrackingError(f"no MLflow run {run_id!r} at {self.uri}: "
                                 f"{str(e).splitlines()[0][:160]}") from None
 
+    def open_trial_runs(self, search_id: str) -> list[str]:
+        """Ids of this search's trial runs still marked RUNNING in MLflow."""
+        flt = (f"tags.`{TAG}role` = 'trial' and tags.`{TAG}search_id` = '{search_id}' and "
+               "attributes.status = 'RUNNING'")
+        runs = self.client.search_runs([self.experiment_id], filter_string=flt,
+                                       max_results=10000)
+        return [r.info.run_id for r in runs]
+
     def count_runs(self, **tags: str) -> int:
         flt = " and ".join(f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items()) or None
         return len(self.client.search_runs([self.existing_experiment_id()], filter_string=flt,

@@ -102,3 +102,21 @@ def test_resize_benchmark_rows():
     assert all(r["images_per_s"] > 0 for r in rows)
     # every method produces the same picture up to resampling differences (0-255 scale)
     assert all(r["mean_abs_diff_vs_torchvision"] < 10 for r in rows)
+
+
+def test_label_throughput_counts_the_epoch_it_times(tmp_path):
+    from hpsearch.benchmarks import label_throughput
+
+    lines = [f"r c{i}" for i in range(4)] + [f"c{i} g{i}{j}" for i in range(4) for j in range(5)]
+    f = tmp_path / "h.txt"
+    f.write_text("\n".join(lines))
+    res = label_throughput(family="hyperbolic_cone", dim=3, label_source="parent_child",
+                           source_params={"path": str(f)}, batch_size=8, negatives_per_side=2,
+                           non_basic_fraction=0.0, epochs=2, ceiling_batch=64,
+                           ceiling_steps=2, threads=1)
+    # 25 nodes; closure = 24 basic + 20 root->grandchild edges; p = 0: train = the basic edges
+    assert (res["nodes"], res["closure_edges"], res["train_positives"]) == (25, 44, 24)
+    assert res["steps_per_epoch"] == 3 and len(res["epoch_s"]) == 2
+    assert math.isclose(res["train_energies_per_s"],
+                        24 * (1 + 2 * 2) / res["epoch_s_median"], rel_tol=1e-9)
+    assert res["ceiling_energies_per_s"] > 0 and math.isfinite(res["ceiling_energies_per_s"])

@@ -128,7 +128,8 @@ def test_torchtrainer_search_best_export_predict(tmp_path):
 
 
 def test_inprocess_search_resume_keeps_one_run_per_trial(tmp_path):
-    """Interrupt a search mid-trial (SIGINT), resume it: every trial still has one run."""
+    """Interrupt a search mid-trial (SIGTERM, as a cluster scheduler sends it), resume it: the
+    interrupted runs are closed as KILLED, and after --resume every trial has one run."""
     f = tmp_path / "space.yaml"
     f.write_text(SPACE.format(name="res", epochs=6, resources="{cpus_per_trial: 1}")
                  .replace("num_samples: 2", "num_samples: 3, max_concurrent: 1"))
@@ -147,10 +148,12 @@ def test_inprocess_search_resume_keeps_one_run_per_trial(tmp_path):
             continue
         if n and n[0][0] >= 2:
             break
-    proc.send_signal(2)  # SIGINT: Tune saves its state and stops
-    proc.wait(timeout=600)
+    proc.send_signal(15)  # SIGTERM -> Tune's SIGINT path: it saves its state and stops
+    assert proc.wait(timeout=600) == 130
     before = trial_runs(db)
     assert 1 <= len(before) <= 3
+    statuses = [s for _, s in before]
+    assert "KILLED" in statuses and "RUNNING" not in statuses, statuses
     r = cli("search", str(f), "--results-dir", str(res), "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     after = trial_runs(db)

@@ -72,6 +72,22 @@ def test_trial_config_flat_roundtrip():
         TrialConfig.from_flat({"optim.lr": -1})
 
 
+def test_resolved_params_fill_family_defaults_and_drop_unused_optim_keys():
+    from hpsearch.models.base import FAMILIES, resolved_params
+
+    cfg = TrialConfig.from_flat({"model.family": "euclidean_cone", "model.params.dim": 3,
+                                 "optim.optimizer": "adam", "optim.schedule": "sgdr"})
+    flat = resolved_params(cfg)
+    defaults = FAMILIES.get("euclidean_cone").params()
+    assert flat["model.params.dim"] == 3  # what the space set
+    assert flat["model.params.K"] == defaults.K and flat["model.params.margin"] == defaults.margin
+    assert "optim.momentum" not in flat and "optim.step_size" not in flat
+    assert flat["optim.sgdr_period"] == cfg.optim.sgdr_period
+    sgd = resolved_params(cfg.replace(optim__optimizer="sgd", optim__schedule="step"))
+    assert sgd["optim.momentum"] == 0.9 and "optim.sgdr_period" not in sgd
+    assert sgd["optim.step_size"] == cfg.optim.step_size
+
+
 def test_shipped_spaces_validate():
     from pathlib import Path
 

@@ -181,7 +181,7 @@ class FeatureExtractor:
         if out is None:
             out = np.empty((n, self.out_dim), dtype=np.float32)
         for s in range(0, n, batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size]))
+            xb = torch.from_numpy(np.array(images[s:s + batch_size]))
             f = self.net.forward_features(self.preprocess(xb.to(self.device)))
             out[s:s + len(xb)] = f.float().reshape(len(xb), -1).cpu().numpy()
         return out
@@ -237,7 +237,7 @@ def _checkpoint_extractor(source: FeatureSource, dataset: HierDataset,
     out_dim = int(getattr(model.backbone, "out_dim", 0))
     if out_dim <= 0:
         with torch.inference_mode():
-            probe = torch.from_numpy(np.ascontiguousarray(dataset.train.images[:1])).to(device)
+            probe = torch.from_numpy(np.array(dataset.train.images[:1])).to(device)
             out_dim = int(model.forward_features(pre(probe)).reshape(1, -1).shape[1])
     return FeatureExtractor(model, pre, out_dim, device)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
-from hpsearch.config import ModelConfig, one_line
+from hpsearch.config import ModelConfig, TrialConfig, flatten_into, one_line
 from hpsearch.errors import ConfigError
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.registry import Registry
@@ -176,3 +176,35 @@ def build_model(cfg: ModelConfig, h: Hierarchy, in_ch: int = 3) -> nn.Module:
 
     spec = FAMILIES.get(cfg.family)
     return spec.build(cfg, spec.parse_params(cfg.params), h, in_ch)
+
+
+# optim keys that only mean something under one optimizer / schedule
+_OPTIM_ONLY_WHEN: dict[str, tuple[str, tuple[str, ...]]] = {
+    "optim.momentum": ("optim.optimizer", ("sgd",)),
+    "optim.step_size": ("optim.schedule", ("step",)),
+    "optim.sgdr_period": ("optim.schedule", ("sgdr",)),
+    "optim.sgdr_mult": ("optim.schedule", ("sgdr",)),
+}
+
+
+def resolved_params(cfg: TrialConfig) -> dict[str, Any]:
+    """The config a trial really ran with, as dotted keys for MLflow params.
+
+    ``model.params`` holds only the keys a search space set; here it is completed with the
+    family's defaults (``FamilySpec.params``), so a margin or aperture left at its default is
+    still logged and comparable across runs. Optimizer/schedule settings that the chosen
+    optimizer or schedule ignores (momentum under Adam, SGDR cycle under cosine) are left out
+    instead of being logged as if they had mattered.
+    """
+    import hpsearch.models  # noqa: F401  registers the built-in families
+
+    tree = cfg.model_dump()
+    spec = FAMILIES.get(cfg.model.family)
+    tree["model"]["params"] = spec.parse_params(cfg.model.params).model_dump(mode="json")
+    flat: dict[str, Any] = {}
+    flatten_into(tree, flat)
+    for key, (switch, allowed) in _OPTIM_ONLY_WHEN.items():
+        if flat.get(switch) not in allowed:
+            flat.pop(key, None)
+    return flat
+

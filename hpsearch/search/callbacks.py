@@ -45,6 +45,7 @@ class MLflowTrialCallback(Callback):
     def _run(self, trial: Any) -> str:
         rid = self._runs.get(trial.trial_id)
         if rid is None:
+            from hpsearch.models.base import resolved_params
             from hpsearch.train.worker import trial_config
 
             rid, created = self.tracker.trial_run(
@@ -52,7 +53,7 @@ class MLflowTrialCallback(Callback):
                 tags={"family": self.family, "dataset": self.dataset})
             if created:
                 cfg = trial_config(trial.config)
-                self.tracker.log_params(rid, cfg.flatten())
+                self.tracker.log_params(rid, resolved_params(cfg))
             self._runs[trial.trial_id] = rid
         return rid
 

@@ -7,8 +7,11 @@ runs). ``--resume`` restores the newest unfinished search of the same space name
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,7 @@ class SearchOutcome:
     num_stopped_early: int
     best: dict[str, Any] | None
     wall_s: float
+    num_unfinished: int = 0  # trials left pending/running by an interruption (resumable)
 
 
 RUN_REF_KEYS = ("model.params.init_from", "model.params.feature_checkpoint")
@@ -139,8 +143,8 @@ def check_metric(cfg: Any, data: Any) -> None:
     pre = Preprocess(mean=data.mean, std=data.std, size=cfg.data.image_size,
                      grayscale=cfg.model.grayscale)
     with torch.no_grad():
-        out = model(pre(torch.from_numpy(np.ascontiguousarray(data.val.images[:n]))))
-    names = evaluate(model.head, out, torch.from_numpy(data.val.level_labels[:n]),
+        out = model(pre(torch.from_numpy(np.array(data.val.images[:n]))))
+    names = evaluate(model.head, out, torch.from_numpy(np.array(data.val.level_labels[:n])),
                      calibrate=True)
     if cfg.metric.removeprefix("val_") not in names:
         raise ConfigError(f"metric: {cfg.metric!r} is not produced by family "
@@ -262,7 +266,9 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
                 failure_config=tune.FailureConfig(max_failures=r.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
-    grid = tuner.fit()
+    with _sigterm_as_sigint():
+        grid = tuner.fit()
+    unfinished = _close_unfinished(tracker, search_id)
     errors = grid.num_errors
     stopped = sum(1 for res in grid
                   if res.metrics and res.metrics.get("epoch", max_epochs) < max_epochs
@@ -280,9 +286,37 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
                                  "num_stopped_early": stopped,
                                  **({f"best_{space.metric}": best["value"]} if best and
                                     best["value"] is not None else {})}, step=0)
-    tracker.end_run(parent, "FINISHED" if errors < len(grid) else "FAILED")
+    tracker.end_run(parent, "KILLED" if unfinished else
+                    "FINISHED" if errors < len(grid) else "FAILED")
     return SearchOutcome(search_id, tracker.experiment_name, tracker.uri, parent, len(grid),
-                         errors, stopped, best, time.time() - t0)
+                         errors, stopped, best, time.time() - t0, unfinished)
+
+
+@contextlib.contextmanager
+def _sigterm_as_sigint():
+    """Treat SIGTERM (what Slurm, Kubernetes and `kill` send first) like Ctrl+C during the
+    search: Tune's SIGINT handler then saves the experiment state and stops, so the search can
+    be continued with ``--resume`` and its MLflow runs are closed, instead of the process dying
+    with runs left RUNNING. Only in the main thread (signal handlers cannot be set elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _close_unfinished(tracker: Tracker, search_id: str) -> int:
+    """After ``fit`` returns: the trial runs of this search still RUNNING in MLflow belong to
+    trials an interruption (Ctrl+C, SIGTERM) left unfinished (the callback closes every trial
+    that completes or fails). Mark them ``KILLED`` (``--resume`` reopens the same runs) and
+    return how many there were."""
+    open_runs = tracker.open_trial_runs(search_id)
+    for rid in open_runs:
+        tracker.end_run(rid, "KILLED")
+    return len(open_runs)
 
 
 def _latest_resumable(storage: Path, name: str) -> Path | None:
