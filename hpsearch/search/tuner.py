@@ -101,8 +101,7 @@ def preflight(space: SearchSpace, opts: SearchOptions
     uri = opts.tracking_uri or default_tracking_uri(opts.results_dir)
 
     def make_tracker() -> Tracker:  # opening a SQLite store creates it: only when needed
-        return Tracker(uri, opts.experiment or space.name,
-                       artifact_root=Path(opts.results_dir) / "mlruns")
+        return search_tracker(uri, opts.experiment or space.name, opts.results_dir)
 
     tracker = None
     overrides = _overrides(space, opts)
@@ -317,6 +316,15 @@ def _close_unfinished(tracker: Tracker, search_id: str) -> int:
     for rid in open_runs:
         tracker.end_run(rid, "KILLED")
     return len(open_runs)
+
+
+def search_tracker(uri: str, experiment: str, results_dir: str | Path) -> Tracker:
+    """The tracker of a search. A local SQLite store keeps artifacts beside it
+    (``results_dir/mlruns``); a server or a file store chooses its own artifact location (a
+    local path would be wrong for a server's other users, and inside a file store's root it
+    reads as a malformed experiment)."""
+    local = uri.startswith("sqlite:")
+    return Tracker(uri, experiment, artifact_root=Path(results_dir) / "mlruns" if local else None)
 
 
 def _latest_resumable(storage: Path, name: str) -> Path | None:
