@@ -40,7 +40,7 @@ search: {optim.lr: {type: loguniform, low: 0.001, high: 0.1}}
     ("metric", "'val_bogus' is not produced by family 'per_level'"),
     ("budget", "budget.num_samples: Input should be greater than 0"),
     ("samples", "--num-samples must be positive"),
-    ("datadir", "is not a directory"),
+    ("datadir", "does not exist"),
     ("tracking", "cannot reach the MLflow tracking store"),
 ])
 def test_bad_input_is_one_line(tmp_path, case, expect):

@@ -51,7 +51,13 @@ def small_cnn(cfg: ModelConfig, in_ch: int) -> Backbone:
     return Backbone(body, 4 * w)
 
 
-def _torchvision(name: str) -> BackboneBuilder:
+def _torchvision(name: str, small_input_stem: bool = False) -> BackboneBuilder:
+    """A torchvision classifier as a backbone. ``small_input_stem`` (the ``*_cifar`` names):
+    the ResNet stem of He et al. 2016 §4.2 for 32 px inputs, a 3×3 stride-1 ``conv1`` and no
+    max-pool, instead of ImageNet's 7×7 stride-2 conv + pool that leaves a 1×1 map at the last
+    stage; the rest of torchvision's architecture is unchanged (pretrained weights load into it,
+    the new ``conv1`` is freshly initialised)."""
+
     def build(cfg: ModelConfig, in_ch: int) -> Backbone:
         import torchvision
 
@@ -62,6 +68,10 @@ def _torchvision(name: str) -> BackboneBuilder:
                 raise DataError(f"model.pretrained_weights: {path} does not exist (weights are "
                                 "never downloaded; save torchvision's state_dict there)")
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        if small_input_stem:
+            net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            net.maxpool = nn.Identity()
         if name.startswith("resnet"):
             out_dim = net.fc.in_features
             net.fc = nn.Identity()
@@ -100,6 +110,8 @@ def _adapt_first_conv(net: nn.Module, path: tuple[str, ...], in_ch: int) -> None
 for _name in ("alexnet", "vgg11_bn", "vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50",
               "resnet101", "resnet152"):
     BACKBONES.add(_name, _torchvision(_name))
+for _name in ("resnet18", "resnet34", "resnet50"):
+    BACKBONES.add(f"{_name}_cifar", _torchvision(_name, small_input_stem=True))
 
 
 def build_backbone(cfg: ModelConfig, in_ch: int = 3) -> Backbone:

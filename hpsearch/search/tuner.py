@@ -96,8 +96,9 @@ def preflight(space: SearchSpace, opts: SearchOptions
         raise ConfigError(f"--num-samples must be positive, got {opts.num_samples}")
     if opts.max_epochs is not None and opts.max_epochs <= 0:
         raise ConfigError(f"--max-epochs must be positive, got {opts.max_epochs}")
-    if opts.data_root is not None and not Path(opts.data_root).is_dir():
-        raise ConfigError(f"--data-root {opts.data_root} is not a directory")
+    if opts.data_root is not None and not Path(opts.data_root).exists():
+        raise ConfigError(f"--data-root {opts.data_root} does not exist (a dataset folder, or "
+                          "an archive file for datasets that read one, e.g. CIFAR's .tar.gz)")
     uri = opts.tracking_uri or default_tracking_uri(opts.results_dir)
 
     def make_tracker() -> Tracker:  # opening a SQLite store creates it: only when needed
