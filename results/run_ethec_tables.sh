@@ -26,6 +26,10 @@ ALL_CELLS=(
   t62_hyperbolic_cone_d2 t62_hyperbolic_cone_d100_nb50
   t62_euclidean_cone_d2 t62_order_embedding_d2
   t62_hyperbolic_cone_d1000 t62_euclidean_cone_d1000 t62_order_embedding_d1000
+  # second, longer searches (8 x <= 300 epochs) of the Table 6.1 cells not beaten by the first;
+  # collect pools them with the first search of the same cell
+  t61_order_embedding_d10_long t61_order_embedding_d100_long t61_order_embedding_d5_long
+  t61_euclidean_cone_d3_long t61_order_embedding_d3_long
 )
 
 # one search: search_spaces/ethec_tables/ethec_<cell>.yaml -> $EVID/<t61|t62>/mlflow.db
