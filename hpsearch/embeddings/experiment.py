@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from hpsearch.config import TrialConfig
+from hpsearch.embeddings.epoch import margin_epoch
 from hpsearch.embeddings.negatives import NegativeSampler
 from hpsearch.embeddings.optim import build_optimizer, build_scheduler
 from hpsearch.embeddings.splits import (
@@ -180,30 +181,19 @@ class LabelEmbeddingExperiment:
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        bs = self.cfg.optim.batch_size
-        perm = torch.randperm(len(self.train_pos), generator=self.gen, device=self.device)
-        pos = self.train_pos[perm]
-        neg, ok = self.sampler.sample(pos, generator=self.gen)  # [P, 2k, 2], [P, 2k]
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        clip = self.cfg.optim.grad_clip
-        for s in range(0, len(pos), bs):
-            loss = self._loss(pos[s:s + bs], neg[s:s + bs], ok[s:s + bs])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_([self.model.weight], clip)
-            self.optimizer.step()
-            self.steps += 1
-            total += loss.detach()
+        st = margin_epoch(self.train_pos, self.sampler, self._loss, [self.optimizer],
+                          [self.model.weight], batch_size=self.cfg.optim.batch_size,
+                          grad_clip=self.cfg.optim.grad_clip, generator=self.gen)
+        self.steps += st.steps
         lr = float(self.optimizer.param_groups[0]["lr"])
         if self.scheduler is not None:
             self.scheduler.step()
-        mean = float(total) / max(len(pos), 1)
+        mean = st.mean_loss
         if not np.isfinite(mean) or not bool(torch.isfinite(self.model.weight).all()):
             raise NonFiniteLossError(
                 f"label-embedding loss became {mean} in epoch {epoch} "
                 f"(family {self.cfg.model.family}, lr {lr}); lower model.params.label_lr")
-        return {"loss": mean, "lr": lr, "valid_negative_fraction": float(ok.float().mean())}
+        return {"loss": mean, "lr": lr, "valid_negative_fraction": st.valid_negative_fraction}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -60,7 +60,16 @@ from torch import Tensor
 
 from hpsearch.config import TrialConfig
 from hpsearch.data import HierDataset, load_dataset
+from hpsearch.embeddings.epoch import margin_epoch
 from hpsearch.embeddings.features import SPLITS, cached_features
+from hpsearch.embeddings.negatives import (
+    LevelPools,
+    as_pairs,
+    closure_codes,
+    corruption_layout,
+    is_coded,
+    reject_and_redraw,
+)
 from hpsearch.embeddings.optim import build_optimizer, build_scheduler
 from hpsearch.errors import ConfigError, DataError, NonFiniteLossError
 from hpsearch.geometry import (
@@ -127,21 +136,14 @@ class JointNegativeSampler:
         self.k = int(negatives_per_side)
         self.strategy = strategy
         self.max_rounds = int(max_rounds)
-        t = lambda a: torch.as_tensor(a, dtype=torch.int64).to(self.device)  # noqa: E731
-        c = t(closure).reshape(-1, 2)
-        self.codes = torch.unique(c[:, 0] * self.n + c[:, 1])  # sorted
-        self.level = t(label_level)
-        self.image_labels = t(image_labels)  # [M, L]
-        self.m = int(self.image_labels.shape[0])
+        self.codes = closure_codes(closure, self.n, self.device)
+        self.level = torch.as_tensor(label_level, dtype=torch.int64).to(self.device)
+        self.image_labels = torch.as_tensor(image_labels, dtype=torch.int64).to(self.device)
+        self.m = int(self.image_labels.shape[0])  # [M, L] global label ids
         if self.m == 0:
             raise DataError("the joint embedding needs at least one training image")
-        order = torch.argsort(self.level, stable=True)
-        sizes = torch.bincount(self.level, minlength=int(self.level.max()) + 1)
-        self.num_levels = len(sizes)
-        self.pool = torch.cat([order, torch.arange(self.n, device=self.device)])
-        self.sizes = torch.cat([sizes, torch.tensor([self.n], device=self.device)])
-        self.starts = torch.cumsum(self.sizes, 0) - self.sizes
-        self.any_slot = self.num_levels  # last slot: every label
+        self.pools = LevelPools(self.n, self.level, self.device)
+        self.any_slot = self.pools.any_slot  # last slot: every label
 
     # ------------------------------------------------------------------ lookup
     def is_positive(self, u: Tensor, v: Tensor) -> Tensor:
@@ -149,21 +151,10 @@ class JointNegativeSampler:
         is never one."""
         u_lab, v_img = u < self.n, v >= self.n
         uc = u.clamp(0, self.n - 1)
-        q = uc * self.n + v.clamp(0, self.n - 1)
-        if len(self.codes):
-            pos = torch.searchsorted(self.codes, q).clamp_max(len(self.codes) - 1)
-            ll = self.codes[pos] == q
-        else:
-            ll = torch.zeros_like(q, dtype=torch.bool)
+        ll = is_coded(self.codes, uc * self.n + v.clamp(0, self.n - 1))
         img = (v - self.n).clamp(0, self.m - 1)
         li = self.image_labels[img, self.level[uc]] == uc  # u on the image's root path
         return u_lab & torch.where(v_img, li, ll)
-
-    def _labels(self, slots: Tensor, generator: torch.Generator | None) -> Tensor:
-        r = torch.rand(slots.shape, generator=generator, device=self.device)
-        size = self.sizes[slots]
-        off = (r * size).long().clamp_max(size - 1)
-        return self.pool[self.starts[slots] + off]
 
     def _images(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
         r = torch.rand(shape, generator=generator, device=self.device)
@@ -179,46 +170,31 @@ class JointNegativeSampler:
         """
         pos = pos.to(self.device)
         p, k = len(pos), self.k
-        u = pos[:, :1].expand(p, k)
-        v = pos[:, 1:].expand(p, k)
-        fixed = torch.cat([u, v], dim=1)  # [P, 2k] the kept endpoint
-        replaced = torch.cat([v, u], dim=1)  # the endpoint being corrupted
-        corrupt_child = torch.zeros(p, 2 * k, dtype=torch.bool, device=self.device)
-        corrupt_child[:, :k] = True
-        as_image = replaced >= self.n  # image endpoints are replaced by images
+        fixed, corrupt_child = corruption_layout(pos, k)
+        replaced = torch.cat([pos[:, 1:].expand(p, k), pos[:, :1].expand(p, k)], dim=1)
         if self.strategy == "per_level":
-            rot = torch.randint(0, self.any_slot + 1, (p, 2), generator=generator,
-                                device=self.device)
-            passes = torch.arange(k, device=self.device)
-            slots = torch.cat([(passes + rot[:, :1]) % (self.any_slot + 1),
-                               (passes + rot[:, 1:]) % (self.any_slot + 1)], dim=1)
+            slots = self.pools.rotated_slots(p, k, generator)
         elif self.strategy == "same_level":
             slots = self.level[replaced.clamp_max(self.n - 1)]
         else:
             slots = torch.full((p, 2 * k), self.any_slot, dtype=torch.int64, device=self.device)
-        cand = self._draw(slots, as_image, generator)
-        ok = self._valid(fixed, cand, corrupt_child)
-        for rnd in range(1, self.max_rounds):
-            if bool(ok.all()):
-                break
-            if rnd == self.max_rounds // 2:
-                slots = torch.where(ok, slots, torch.full_like(slots, self.any_slot))
-            cand = torch.where(ok, cand, self._draw(slots, as_image, generator))
-            ok = self._valid(fixed, cand, corrupt_child)
-        parent = torch.where(corrupt_child, fixed, cand)
-        child = torch.where(corrupt_child, cand, fixed)
-        return torch.stack([parent, child], dim=-1), ok
+        fixed, corrupt_child = fixed.reshape(-1), corrupt_child.reshape(-1)
+        as_image = (replaced >= self.n).reshape(-1)  # image endpoints are replaced by images
 
-    def _draw(self, slots: Tensor, as_image: Tensor, generator: torch.Generator | None
-              ) -> Tensor:
-        lab = self._labels(slots, generator)
-        img = self._images(slots.shape, generator)
-        return torch.where(as_image, img, lab)
+        def draw(s: Tensor, idx: Tensor) -> Tensor:
+            lab = self.pools.draw(s, generator)
+            img = self._images(s.shape, generator)
+            return torch.where(as_image[idx], img, lab)
 
-    def _valid(self, fixed: Tensor, cand: Tensor, corrupt_child: Tensor) -> Tensor:
-        parent = torch.where(corrupt_child, fixed, cand)
-        child = torch.where(corrupt_child, cand, fixed)
-        return (parent != child) & (parent < self.n) & ~self.is_positive(parent, child)
+        def valid(idx: Tensor, cand: Tensor) -> Tensor:
+            parent, child = as_pairs(fixed[idx], cand, corrupt_child[idx])
+            return (parent != child) & (parent < self.n) & ~self.is_positive(parent, child)
+
+        cand, ok = reject_and_redraw(slots.reshape(-1), draw, valid,
+                                     max_rounds=self.max_rounds, any_slot=self.any_slot)
+        parent, child = as_pairs(fixed, cand, corrupt_child)
+        return (torch.stack([parent, child], dim=-1).reshape(p, 2 * k, 2),
+                ok.reshape(p, 2 * k))
 
 
 # ---------------------------------------------------------------------- classification
@@ -454,29 +430,16 @@ class JointEmbeddingExperiment:
     # ------------------------------------------------------------------ training
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        bs = self.cfg.optim.batch_size
-        perm = torch.randperm(len(self.train_pos), generator=self.gen, device=self.device)
-        pos = self.train_pos[perm]
-        neg, ok = self.sampler.sample(pos, generator=self.gen)  # [P, 2k, 2], [P, 2k]
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        clip = self.cfg.optim.grad_clip
         params = [q for q in self.model.parameters() if q.requires_grad]
-        for s in range(0, len(pos), bs):
-            loss = self._loss(pos[s:s + bs], neg[s:s + bs], ok[s:s + bs])
-            for o in self.optimizers:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            for o in self.optimizers:
-                o.step()
-            self.steps += 1
-            total += loss.detach()
+        st = margin_epoch(self.train_pos, self.sampler, self._loss, self.optimizers, params,
+                          batch_size=self.cfg.optim.batch_size,
+                          grad_clip=self.cfg.optim.grad_clip, generator=self.gen)
+        self.steps += st.steps
         lrs = [float(o.param_groups[0]["lr"]) for o in self.optimizers]
         for sch in self.schedulers:
             if sch is not None:
                 sch.step()
-        mean = float(total) / max(len(pos), 1)
+        mean = st.mean_loss
         finite = all(bool(torch.isfinite(q).all()) for q in params)
         if not np.isfinite(mean) or not finite:
             raise NonFiniteLossError(
@@ -484,7 +447,8 @@ class JointEmbeddingExperiment:
                 f"{self.cfg.model.family}, label_lr {lrs[0]}, image_lr {lrs[1]}); lower "
                 "model.params.label_lr / image_lr or set optim.grad_clip")
         return {"loss": mean, "label_lr": lrs[0], "image_lr": lrs[1],
-                "positives": float(len(pos)), "valid_negative_fraction": float(ok.float().mean())}
+                "positives": float(st.positives),
+                "valid_negative_fraction": st.valid_negative_fraction}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -6,8 +6,9 @@ edge and not a self pair. Validity is checked on the device: a pair is encoded a
 looked up with ``torch.searchsorted`` in the sorted codes of the closure (N = 82k, |closure| =
 660k: 5.3 MB of int64, one binary search per candidate).
 
-Sampling is rejection-based: all candidates are drawn at once, invalid ones are redrawn for
-``max_rounds`` rounds. Strategies:
+Sampling is rejection-based: all candidates are drawn at once, then only the invalid ones are
+redrawn, for up to ``max_rounds`` rounds (so a round costs in proportion to what is still
+invalid, not to all P·2k candidates). Strategies:
 
 * ``uniform``: the replacement node is uniform over all nodes.
 * ``per_level`` (thesis "pick-per-level"): pass i of a side draws from level
@@ -25,6 +26,7 @@ this only happens when (almost) no valid corruption exists, e.g. for u = the roo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -35,6 +37,98 @@ from hpsearch.errors import ConfigError
 
 Strategy = Literal["uniform", "per_level"]
 STRATEGIES = ("uniform", "per_level")
+
+
+def closure_codes(closure: np.ndarray | Tensor, n: int, device: torch.device) -> Tensor:
+    """Sorted ``u·n + v`` codes of the ``[E, 2]`` pairs (for :func:`is_coded`)."""
+    c = torch.as_tensor(closure, dtype=torch.int64).reshape(-1, 2).to(device)
+    return torch.unique(c[:, 0] * n + c[:, 1])
+
+
+def is_coded(codes: Tensor, q: Tensor) -> Tensor:
+    """Elementwise: is code ``q`` in the sorted ``codes``? (one binary search each)"""
+    if len(codes) == 0:
+        return torch.zeros_like(q, dtype=torch.bool)
+    pos = torch.searchsorted(codes, q).clamp_max(len(codes) - 1)
+    return codes[pos] == q
+
+
+class LevelPools:
+    """Nodes grouped for slot draws: slot ``s`` < L draws uniformly from the nodes of level
+    ``s``, slot ``any_slot`` = L from all ``n`` nodes (with ``level=None`` that is the only
+    slot). Slot s holds ``pool[starts[s] : starts[s] + sizes[s]]``."""
+
+    def __init__(self, n: int, level: np.ndarray | Tensor | None, device: torch.device) -> None:
+        if level is not None:
+            lvl = torch.as_tensor(level, dtype=torch.int64).to(device)
+            order = torch.argsort(lvl, stable=True)
+            sizes = torch.bincount(lvl, minlength=int(lvl.max()) + 1)
+        else:
+            order = torch.zeros(0, dtype=torch.int64, device=device)
+            sizes = torch.zeros(0, dtype=torch.int64, device=device)
+        self.device = device
+        self.pool = torch.cat([order, torch.arange(n, device=device)])
+        self.sizes = torch.cat([sizes, torch.tensor([n], device=device)])
+        self.starts = torch.cumsum(self.sizes, 0) - self.sizes
+        self.any_slot = len(self.sizes) - 1
+
+    def draw(self, slots: Tensor, generator: torch.Generator | None) -> Tensor:
+        r = torch.rand(slots.shape, generator=generator, device=self.device)
+        size = self.sizes[slots]
+        off = (r * size).long().clamp_max(size - 1)
+        return self.pool[self.starts[slots] + off]
+
+    def rotated_slots(self, p: int, k: int, generator: torch.Generator | None) -> Tensor:
+        """``[P, 2k]`` pick-per-level slots: pass i of a side is slot (i + o) mod (L + 1), o a
+        random rotation per positive and side."""
+        n_slots = self.any_slot + 1
+        rot = torch.randint(0, n_slots, (p, 2), generator=generator, device=self.device)
+        passes = torch.arange(k, device=self.device)
+        return torch.cat([(passes + rot[:, :1]) % n_slots, (passes + rot[:, 1:]) % n_slots],
+                         dim=1)
+
+
+def reject_and_redraw(slots: Tensor, draw: Callable[[Tensor, Tensor], Tensor],
+                      valid: Callable[[Tensor, Tensor], Tensor], *, max_rounds: int,
+                      any_slot: int) -> tuple[Tensor, Tensor]:
+    """Rejection sampling over flat candidate ``slots [n]``.
+
+    ``draw(slots_subset, idx)`` draws candidates for positions ``idx``; ``valid(idx, cand)``
+    says which are acceptable. All positions are drawn once, then only the invalid ones are
+    redrawn, for up to ``max_rounds`` rounds in all (a round costs in proportion to what is
+    still invalid); from round ``max_rounds // 2`` on they draw from ``any_slot``.
+
+    Returns:
+        ``(cand [n], ok [n])``.
+    """
+    idx = torch.arange(len(slots), device=slots.device)
+    cand = draw(slots, idx)
+    ok = valid(idx, cand)
+    for rnd in range(1, max_rounds):
+        bad = torch.nonzero(~ok).squeeze(1)
+        if len(bad) == 0:
+            break
+        s = slots[bad] if rnd < max_rounds // 2 else torch.full_like(bad, any_slot)
+        new = draw(s, bad)
+        cand[bad] = new
+        ok[bad] = valid(bad, new)
+    return cand, ok
+
+
+def corruption_layout(pos: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """For positives ``[P, 2]``: the kept endpoint of each of the 2k corruptions and whether
+    the child is the corrupted one (columns ``[0, k)``: (u, v'), ``[k, 2k)``: (u', v)), both
+    ``[P, 2k]``."""
+    p = len(pos)
+    fixed = torch.cat([pos[:, :1].expand(p, k), pos[:, 1:].expand(p, k)], dim=1)
+    corrupt_child = torch.zeros(p, 2 * k, dtype=torch.bool, device=pos.device)
+    corrupt_child[:, :k] = True
+    return fixed, corrupt_child
+
+
+def as_pairs(fixed: Tensor, cand: Tensor, corrupt_child: Tensor) -> tuple[Tensor, Tensor]:
+    """(parent, child) of corruptions: the candidate replaces the child or the parent."""
+    return (torch.where(corrupt_child, fixed, cand), torch.where(corrupt_child, cand, fixed))
 
 
 class NegativeSampler:
@@ -61,42 +155,21 @@ class NegativeSampler:
             raise ConfigError(f"negatives_per_side must be >= 1, got {negatives_per_side}")
         if max_rounds < 1:
             raise ConfigError(f"max_rounds must be >= 1, got {max_rounds}")
+        if strategy == "per_level" and node_level is None:
+            raise ConfigError("negative strategy 'per_level' needs node levels")
         self.n = int(num_nodes)
         self.k = int(negatives_per_side)
         self.strategy = strategy
         self.max_rounds = int(max_rounds)
         self.device = torch.device(device)
-        c = torch.as_tensor(closure, dtype=torch.int64).reshape(-1, 2).to(self.device)
-        self.codes = torch.unique(c[:, 0] * self.n + c[:, 1])  # sorted
-        # slot s of pass i: nodes pool[start[s] : start[s] + size[s]]; last slot = all nodes
-        if strategy == "per_level":
-            if node_level is None:
-                raise ConfigError("negative strategy 'per_level' needs node levels")
-            lvl = torch.as_tensor(node_level, dtype=torch.int64).to(self.device)
-            order = torch.argsort(lvl, stable=True)
-            sizes = torch.bincount(lvl, minlength=int(lvl.max()) + 1)
-        else:
-            order = torch.zeros(0, dtype=torch.int64, device=self.device)
-            sizes = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self.pool = torch.cat([order, torch.arange(self.n, device=self.device)])
-        self.sizes = torch.cat([sizes, torch.tensor([self.n], device=self.device)])
-        self.starts = torch.cumsum(self.sizes, 0) - self.sizes
-        self.n_slots = len(self.sizes)
+        self.codes = closure_codes(closure, self.n, self.device)
+        self.pools = LevelPools(self.n, node_level if strategy == "per_level" else None,
+                                self.device)
 
     # ------------------------------------------------------------------ lookup
     def is_edge(self, u: Tensor, v: Tensor) -> Tensor:
         """Elementwise: is (u, v) a closure edge?"""
-        q = u * self.n + v
-        if len(self.codes) == 0:
-            return torch.zeros_like(q, dtype=torch.bool)
-        pos = torch.searchsorted(self.codes, q).clamp_max(len(self.codes) - 1)
-        return self.codes[pos] == q
-
-    def _draw(self, slots: Tensor, generator: torch.Generator | None) -> Tensor:
-        r = torch.rand(slots.shape, generator=generator, device=self.device)
-        size = self.sizes[slots]
-        off = (r * size).long().clamp_max(size - 1)
-        return self.pool[self.starts[slots] + off]
+        return is_coded(self.codes, u * self.n + v)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, pos: Tensor, generator: torch.Generator | None = None
@@ -108,35 +181,20 @@ class NegativeSampler:
             are true negatives (masked ones must not enter the loss).
         """
         pos = pos.to(self.device)
-        p = len(pos)
-        u = pos[:, :1].expand(p, self.k)
-        v = pos[:, 1:].expand(p, self.k)
-        any_slot = self.n_slots - 1
-        if any_slot == 0:  # uniform: one slot, all nodes
-            slots = torch.zeros(p, 2 * self.k, dtype=torch.int64, device=self.device)
+        p, k = len(pos), self.k
+        if self.pools.any_slot == 0:  # uniform: one slot, all nodes
+            slots = torch.zeros(p, 2 * k, dtype=torch.int64, device=self.device)
         else:
-            rot = torch.randint(0, self.n_slots, (p, 2), generator=generator, device=self.device)
-            passes = torch.arange(self.k, device=self.device)
-            slots = torch.cat([(passes + rot[:, :1]) % self.n_slots,
-                               (passes + rot[:, 1:]) % self.n_slots], dim=1)  # [P, 2k]
-        fixed = torch.cat([u, v], dim=1)  # the kept endpoint
-        corrupt_child = torch.zeros(p, 2 * self.k, dtype=torch.bool, device=self.device)
-        corrupt_child[:, :self.k] = True
-        cand = self._draw(slots, generator)
-        ok = self._valid(fixed, cand, corrupt_child)
-        for rnd in range(1, self.max_rounds):
-            if bool(ok.all()):
-                break
-            if rnd == self.max_rounds // 2 and any_slot > 0:
-                slots = torch.where(ok, slots, torch.full_like(slots, any_slot))
-            new = self._draw(slots, generator)
-            cand = torch.where(ok, cand, new)
-            ok = self._valid(fixed, cand, corrupt_child)
-        parent = torch.where(corrupt_child, fixed, cand)
-        child = torch.where(corrupt_child, cand, fixed)
-        return torch.stack([parent, child], dim=-1), ok
+            slots = self.pools.rotated_slots(p, k, generator)
+        fixed, corrupt_child = (t.reshape(-1) for t in corruption_layout(pos, k))
 
-    def _valid(self, fixed: Tensor, cand: Tensor, corrupt_child: Tensor) -> Tensor:
-        parent = torch.where(corrupt_child, fixed, cand)
-        child = torch.where(corrupt_child, cand, fixed)
-        return (parent != child) & ~self.is_edge(parent, child)
+        def valid(idx: Tensor, cand: Tensor) -> Tensor:
+            parent, child = as_pairs(fixed[idx], cand, corrupt_child[idx])
+            return (parent != child) & ~self.is_edge(parent, child)
+
+        cand, ok = reject_and_redraw(slots.reshape(-1),
+                                     lambda s, idx: self.pools.draw(s, generator), valid,
+                                     max_rounds=self.max_rounds, any_slot=self.pools.any_slot)
+        parent, child = as_pairs(fixed, cand, corrupt_child)
+        return (torch.stack([parent, child], dim=-1).reshape(p, 2 * k, 2),
+                ok.reshape(p, 2 * k))
