@@ -481,7 +481,8 @@ RUN_PARAMS = ("model.family", "model.backbone", "model.width", "optim.optimizer"
               "model.params.embedding_dim")
 RUN_METRICS = ("micro_f1", "macro_f1", "micro_f1_level_0", "micro_f1_level_1",
                "micro_f1_level_2", "micro_f1_level_3", "accuracy", "mistake_severity",
-               "path_consistency", "mahp_250", "hp_at_10", "hp_at_50")
+               "path_consistency", "mahp_250", "hp_at_10", "hp_at_50", "hit_at_3", "hit_at_5",
+               "edge_f1", "full_f1", "recon_tpr", "recon_tnr")
 
 
 def _tracker(results_dir: str, experiment: str, tracking_uri: str | None = None) -> Any:
@@ -506,6 +507,11 @@ def trial_rows(tracker: Any, metric: str = "val_micro_f1",
     runs = tracker.client.search_runs([tracker.existing_experiment_id()],
                                       filter_string="tags.`hpsearch.role` = 'trial'",
                                       max_results=5000)
+    # the fixed list, plus every param the runs differ in (what the search varied), so the
+    # searched model.params of any family are columns; keys a run did not use stay empty
+    keys = sorted({k for r in runs for k in r.data.params})
+    varied = [k for k in keys if k.startswith(("optim.", "model.", "data."))
+              and k not in RUN_PARAMS and len({r.data.params.get(k) for r in runs}) > 1]
     rows = []
     for r in runs:
         m, p, t = r.data.metrics, r.data.params, r.data.tags
@@ -519,10 +525,12 @@ def trial_rows(tracker: Any, metric: str = "val_micro_f1",
             "train_images_per_s": m.get("train_images_per_s"),
         }
         row.update({k: p.get(k) for k in RUN_PARAMS if k in p})
+        row.update({k: p.get(k) for k in varied})
         for k in val_keys:
             row[f"val_{k}"] = _at_step(tracker, r.info.run_id, f"val_{k}", best_ep) \
                 if best_ep else None
-        row.update({f"test_{k}": m.get(f"test_{k}") for k in RUN_METRICS})
+        row.update({f"test_{k}": m.get(f"test_{k}") for k in RUN_METRICS
+                    if f"test_{k}" in m or k in RUN_METRICS[:2]})
         rows.append(row)
     key = f"best_{metric}"
     rows.sort(key=lambda d: -math.inf if d[key] is None else d[key], reverse=True)
@@ -575,11 +583,11 @@ def compare_best(results_dir: str, experiments: Sequence[str], metric: str = "va
 
         lines.append(
             f"| {exp} | {b.get('model.family')} | {b['run_id'][:8]} | {b['best_epoch']} / "
-            f"{b['epochs_run']} | {f(b['val_micro_f1'])} | {f(b['val_macro_f1'])} | "
-            f"{f(b['test_micro_f1'])} | {f(b['test_macro_f1'])} | {per_level} | "
-            f"{f(b['test_mistake_severity'], 3)} | {f(b['test_path_consistency'], 3)} | "
-            f"{f(b['test_mahp_250'])} | {f(b['test_hp_at_10'])} | {f(b['test_accuracy'])} | "
-            f"{len(rows)} ({n_stop}) | {wall:.0f} |")
+            f"{b['epochs_run']} | {f(b.get('val_micro_f1'))} | {f(b.get('val_macro_f1'))} | "
+            f"{f(b.get('test_micro_f1'))} | {f(b.get('test_macro_f1'))} | {per_level} | "
+            f"{f(b.get('test_mistake_severity'), 3)} | {f(b.get('test_path_consistency'), 3)} | "
+            f"{f(b.get('test_mahp_250'))} | {f(b.get('test_hp_at_10'))} | "
+            f"{f(b.get('test_accuracy'))} | {len(rows)} ({n_stop}) | {wall:.0f} |")
     return "\n".join(lines)
 
 

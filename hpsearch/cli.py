@@ -253,7 +253,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         levels = sorted(int(k.rsplit("_", 1)[1]) for k in m
                         if k.startswith(f"{args.split}_micro_f1_level_"))
         sizes, names = _levels_of(r, len(levels))
-        print(f"### run {r.info.run_id}  ({p.get('model.family')}, {p.get('model.backbone')}, "
+        # runs on a checkpoint's frozen features have no backbone of their own: name the source
+        net = p.get("model.backbone") or (
+            f"features of {p['model.params.feature_checkpoint']}"
+            if p.get("model.params.feature_checkpoint") not in (None, "None") else "-")
+        print(f"### run {r.info.run_id}  ({p.get('model.family')}, {net}, "
               f"{p.get('data.name')}; best epoch {int(m.get('best_epoch', 0))} of "
               f"{r.data.tags.get('hpsearch.epochs_run', '?')}; {args.split} split)\n")
         print(thesis_table(m, sizes, args.split, names))

@@ -120,3 +120,25 @@ def test_label_throughput_counts_the_epoch_it_times(tmp_path):
     assert math.isclose(res["train_energies_per_s"],
                         24 * (1 + 2 * 2) / res["epoch_s_median"], rel_tol=1e-9)
     assert res["ceiling_energies_per_s"] > 0 and math.isfinite(res["ceiling_energies_per_s"])
+
+
+def test_trial_rows_show_what_the_search_varied(tmp_path):
+    from hpsearch.benchmarks import compare_best, trial_rows
+    from hpsearch.search.tuner import search_tracker
+    from hpsearch.tracking import default_tracking_uri
+
+    t = search_tracker(default_tracking_uri(tmp_path), "joint", tmp_path)
+    parent = t.search_run("s", "s", tags={}, params={})
+    for i, (margin, val, full) in enumerate([(0.1, 0.7, 0.9), (0.5, 0.8, 0.6)]):
+        rid, _ = t.trial_run(parent, "s", f"t{i}", name=f"t{i}", tags={})
+        t.log_params(rid, {"model.family": "joint_order_embedding", "model.params.margin": margin,
+                           "optim.batch_size": 100})
+        t.log_metrics(rid, {"val_micro_f1": val - 0.1}, step=1)
+        t.log_metrics(rid, {"val_micro_f1": val, "best_val_micro_f1": val, "best_epoch": 2,
+                            "test_micro_f1": val - 0.05, "test_full_f1": full}, step=2)
+    rows = trial_rows(t, "val_micro_f1", ("micro_f1",))
+    assert [r["model.params.margin"] for r in rows] == ["0.5", "0.1"]  # best first, varied
+    assert rows[0]["val_micro_f1"] == 0.8 and rows[0]["test_full_f1"] == 0.6
+    assert "test_edge_f1" not in rows[0]  # not logged by these runs: no empty column
+    table = compare_best(str(tmp_path), ["joint"])
+    assert "| joint | joint_order_embedding |" in table and "0.7500" in table

@@ -159,6 +159,15 @@ def test_every_family_trains_with_finite_loss_and_metrics(data, family):
     assert val["micro_f1_level_1"] == pytest.approx(float((pred[:, 1] == y[:, 1]).double()
                                                           .mean()))
     assert val["hit_at_3"] == pytest.approx(float(hits[3].double().mean()))
+    # the classifiers' hierarchy-aware metrics of the same prediction
+    assert val["accuracy"] == pytest.approx(float((pred[:, -1] == y[:, -1]).double().mean()))
+    wrong = pred[:, -1] != y[:, -1]
+    assert val["num_mistakes"] == float(wrong.sum())
+    h = exp.hierarchy
+    consistent = [all(h.parent_local(lvl)[int(r[lvl])] == int(r[lvl - 1])
+                      for lvl in range(1, h.num_levels)) for r in pred]
+    assert val["path_consistency"] == pytest.approx(float(np.mean(consistent)))
+    assert 0 <= val["mistake_severity"] <= h.num_levels
     f = exp.image_embeddings("val")
     if family == "joint_hyperbolic_cone":
         assert (f.norm(dim=-1) < 1).all()

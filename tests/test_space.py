@@ -72,20 +72,33 @@ def test_trial_config_flat_roundtrip():
         TrialConfig.from_flat({"optim.lr": -1})
 
 
-def test_resolved_params_fill_family_defaults_and_drop_unused_optim_keys():
+def test_resolved_params_fill_family_defaults_and_drop_unused_keys():
     from hpsearch.models.base import FAMILIES, resolved_params
 
-    cfg = TrialConfig.from_flat({"model.family": "euclidean_cone", "model.params.dim": 3,
-                                 "optim.optimizer": "adam", "optim.schedule": "sgdr"})
+    # family defaults are filled in next to what the space set
+    cfg = TrialConfig.from_flat({"model.family": "euclidean_cone", "model.params.dim": 3})
     flat = resolved_params(cfg)
     defaults = FAMILIES.get("euclidean_cone").params()
-    assert flat["model.params.dim"] == 3  # what the space set
+    assert flat["model.params.dim"] == 3
     assert flat["model.params.K"] == defaults.K and flat["model.params.margin"] == defaults.margin
-    assert "optim.momentum" not in flat and "optim.step_size" not in flat
-    assert flat["optim.sgdr_period"] == cfg.optim.sgdr_period
-    sgd = resolved_params(cfg.replace(optim__optimizer="sgd", optim__schedule="step"))
+    # the embedding tasks take optimizers from model.params and train no backbone
+    assert "optim.optimizer" not in flat and "model.backbone" not in flat
+    assert flat["optim.lr"] == cfg.optim.lr  # label_lr falls back to it
+    joint = resolved_params(TrialConfig.from_flat({
+        "model.family": "joint_euclidean_cone", "model.params.features": "checkpoint",
+        "model.params.feature_checkpoint": "/x"}))
+    assert "optim.lr" not in joint and "model.backbone" not in joint
+    assert joint["model.params.image_lr"] > 0 and joint["optim.batch_size"] > 0
+    # classifiers: optimizer / schedule keys only where they apply
+    cls = TrialConfig.from_flat({"model.family": "per_level", "optim.optimizer": "adam",
+                                 "optim.schedule": "sgdr"})
+    adam = resolved_params(cls)
+    assert adam["optim.optimizer"] == "adam" and adam["model.backbone"] == "small_cnn"
+    assert "optim.momentum" not in adam and "optim.step_size" not in adam
+    assert adam["optim.sgdr_period"] == cls.optim.sgdr_period
+    sgd = resolved_params(cls.replace(optim__optimizer="sgd", optim__schedule="step"))
     assert sgd["optim.momentum"] == 0.9 and "optim.sgdr_period" not in sgd
-    assert sgd["optim.step_size"] == cfg.optim.step_size
+    assert sgd["optim.step_size"] == cls.optim.step_size
 
 
 def test_shipped_spaces_validate():

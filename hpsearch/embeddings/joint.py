@@ -80,6 +80,7 @@ from hpsearch.geometry import (
 )
 from hpsearch.metrics.classification import level_metrics, levels_to_multihot
 from hpsearch.metrics.edges import graph_reconstruction
+from hpsearch.metrics.hierarchical import leaf_lca_heights, mistake_severity, path_consistency
 from hpsearch.models.base import task_params
 from hpsearch.models.joint_families import (
     TASK,
@@ -382,6 +383,7 @@ class JointEmbeddingExperiment:
             device=self.device)
         self.steps = 0
         self._recon_cache: tuple[int, dict[str, float]] | None = None
+        self._lca: np.ndarray | None = None  # leaf LCA heights, for mistake severity
 
     def _check_labels(self) -> None:
         h = self.hierarchy
@@ -500,6 +502,13 @@ class JointEmbeddingExperiment:
         pm = levels_to_multihot(pred, h.offsets, h.num_nodes)
         tm = levels_to_multihot(y, h.offsets, h.num_nodes)
         out = level_metrics(pm, tm, h.offsets, h.level_sizes)
+        # the classifiers' hierarchy-aware metrics of the eq. 5.1 prediction, same names
+        p_np, y_np = pred.cpu().numpy(), y.cpu().numpy()
+        if self._lca is None:
+            self._lca = leaf_lca_heights(h)
+        out["accuracy"] = float((p_np[:, -1] == y_np[:, -1]).mean())
+        out.update(mistake_severity(p_np[:, -1], y_np[:, -1], self._lca))
+        out["path_consistency"] = path_consistency(p_np, h)
         for k, hk in hits.items():
             out[f"hit_at_{k}"] = float(hk.double().mean())
             for lvl in range(hk.shape[1]):

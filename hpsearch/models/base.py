@@ -187,14 +187,28 @@ _OPTIM_ONLY_WHEN: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# config keys an experiment task never reads (checked against hpsearch/embeddings/*.py):
+# label-only and joint embeddings take their optimizers from model.params, train no backbone
+# (joint: not when the features come from a run's checkpoint), and have no AMP / level loss
+_CLASSIFIER_ONLY = ("optim.optimizer", "optim.momentum", "optim.weight_decay", "optim.amp",
+                    "optim.channels_last", "optim.level_weights")
+_BACKBONE_KEYS = ("model.backbone", "model.width", "model.pretrained_weights",
+                  "model.freeze_backbone", "model.grayscale")
+_TASK_UNUSED: dict[str, tuple[str, ...]] = {
+    "label_embedding": _CLASSIFIER_ONLY + _BACKBONE_KEYS,
+    "joint_embedding": _CLASSIFIER_ONLY + ("optim.lr",),  # label_lr / image_lr instead
+}
+
+
 def resolved_params(cfg: TrialConfig) -> dict[str, Any]:
     """The config a trial really ran with, as dotted keys for MLflow params.
 
     ``model.params`` holds only the keys a search space set; here it is completed with the
     family's defaults (``FamilySpec.params``), so a margin or aperture left at its default is
-    still logged and comparable across runs. Optimizer/schedule settings that the chosen
-    optimizer or schedule ignores (momentum under Adam, SGDR cycle under cosine) are left out
-    instead of being logged as if they had mattered.
+    still logged and comparable across runs. Settings the run ignores are left out instead of
+    being logged as if they had mattered: optimizer/schedule keys of another optimizer or
+    schedule (momentum under Adam, SGDR cycle under cosine), and the classifier's optimizer and
+    backbone keys for the embedding tasks that do not read them.
     """
     import hpsearch.models  # noqa: F401  registers the built-in families
 
@@ -206,5 +220,10 @@ def resolved_params(cfg: TrialConfig) -> dict[str, Any]:
     for key, (switch, allowed) in _OPTIM_ONLY_WHEN.items():
         if flat.get(switch) not in allowed:
             flat.pop(key, None)
+    unused = _TASK_UNUSED.get(spec.task, ())
+    if spec.task == "joint_embedding" and tree["model"]["params"].get("features") == "checkpoint":
+        unused += _BACKBONE_KEYS  # the checkpoint's own backbone and preprocessing are used
+    for key in unused:
+        flat.pop(key, None)
     return flat
 
