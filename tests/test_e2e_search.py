@@ -208,7 +208,9 @@ def test_staged_search_label_only_then_joint(tmp_path):
     runs = trial_runs(db)
     assert len(runs) == 2 and all(s == "FINISHED" for _, s in runs)
     init_from = mlflow_rows(db, "select value from params where key = "
-                                "'model.params.init_from'")
+                                "'model.params.init_from' and run_uuid in (select run_uuid "
+                                "from tags where key = 'hpsearch.family' and value = "
+                                "'joint_euclidean_cone')")
     stage1_ckpt = mlflow_rows(db, "select value from tags where key = 'hpsearch.checkpoint' "
                                   "and run_uuid in (select run_uuid from tags where key = "
                                   "'hpsearch.family' and value = 'euclidean_cone')")
