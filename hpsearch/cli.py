@@ -49,10 +49,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = run_search(space, opts)
     print(f"\nsearch {out.search_id}: {out.num_trials} trials, {out.num_stopped_early} stopped "
           f"early by ASHA, {out.num_errors} failed, {out.wall_s:.0f} s")
-    if out.num_unfinished:
-        print(f"hpsearch: search interrupted with {out.num_unfinished} unfinished trials (their "
-              f"MLflow runs are marked KILLED); continue it with: hpsearch search {args.space} "
-              f"--resume" + (f" --results-dir {args.results_dir}" if args.results_dir else ""),
+    if out.interrupted:
+        print(f"hpsearch: search interrupted ({out.num_unfinished} unfinished trial runs marked "
+              f"KILLED in MLflow); continue it with: hpsearch search {args.space} --resume"
+              + (f" --results-dir {args.results_dir}" if args.results_dir else ""),
               file=sys.stderr)
         return 130
     print(f"MLflow experiment {out.experiment!r} at {out.tracking_uri} "

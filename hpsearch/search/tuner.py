@@ -51,7 +51,8 @@ class SearchOutcome:
     num_stopped_early: int
     best: dict[str, Any] | None
     wall_s: float
-    num_unfinished: int = 0  # trials left pending/running by an interruption (resumable)
+    num_unfinished: int = 0  # trial runs an interruption left open (closed KILLED, resumable)
+    interrupted: bool = False  # stopped by Ctrl+C / SIGTERM: continue with --resume
 
 
 RUN_REF_KEYS = ("model.params.init_from", "model.params.feature_checkpoint")
@@ -266,7 +267,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
                 failure_config=tune.FailureConfig(max_failures=r.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
         )
-    with _sigterm_as_sigint():
+    with _interruptible() as interrupt:
         grid = tuner.fit()
     unfinished = _close_unfinished(tracker, search_id)
     errors = grid.num_errors
@@ -286,33 +287,55 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
                                  "num_stopped_early": stopped,
                                  **({f"best_{space.metric}": best["value"]} if best and
                                     best["value"] is not None else {})}, step=0)
-    tracker.end_run(parent, "KILLED" if unfinished else
+    tracker.end_run(parent, "KILLED" if interrupt.seen or unfinished else
                     "FINISHED" if errors < len(grid) else "FAILED")
     return SearchOutcome(search_id, tracker.experiment_name, tracker.uri, parent, len(grid),
-                         errors, stopped, best, time.time() - t0, unfinished)
+                         errors, stopped, best, time.time() - t0, unfinished, interrupt.seen)
+
+
+@dataclass
+class _Interrupt:
+    seen: bool = False
 
 
 @contextlib.contextmanager
-def _sigterm_as_sigint():
-    """Treat SIGTERM (what Slurm, Kubernetes and `kill` send first) like Ctrl+C during the
-    search: Tune's SIGINT handler then saves the experiment state and stops, so the search can
-    be continued with ``--resume`` and its MLflow runs are closed, instead of the process dying
-    with runs left RUNNING. Only in the main thread (signal handlers cannot be set elsewhere)."""
+def _interruptible():
+    """Around ``Tuner.fit``: treat SIGTERM (what Slurm, Kubernetes and ``kill`` send first) like
+    Ctrl+C, so Tune's SIGINT handler saves the experiment state and stops, the search can be
+    continued with ``--resume`` and its MLflow runs are closed instead of the process dying
+    with runs left RUNNING; and tell afterwards whether the search was interrupted.
+
+    Tune installs its SIGINT handler when ``fit`` starts and puts the previous one back only
+    when it receives the signal, so a handler equal to the previous one after ``fit`` means
+    Tune was interrupted (unless ``TUNE_DISABLE_SIGINT_HANDLER`` kept it from installing
+    one). The previous SIGINT handler is restored either way. Main thread only (signal
+    handlers cannot be set elsewhere)."""
+    state = _Interrupt()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
-    old = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    sigint_before = signal.getsignal(signal.SIGINT)
+
+    def on_term(*_: Any) -> None:
+        state.seen = True
+        signal.raise_signal(signal.SIGINT)
+
+    term_before = signal.signal(signal.SIGTERM, on_term)
     try:
-        yield
+        yield state
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGTERM, term_before)
+        tune_handles = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0")
+        if tune_handles and signal.getsignal(signal.SIGINT) is sigint_before:
+            state.seen = True
+        signal.signal(signal.SIGINT, sigint_before)
 
 
 def _close_unfinished(tracker: Tracker, search_id: str) -> int:
     """After ``fit`` returns: the trial runs of this search still RUNNING in MLflow belong to
     trials an interruption (Ctrl+C, SIGTERM) left unfinished (the callback closes every trial
-    that completes or fails). Mark them ``KILLED`` (``--resume`` reopens the same runs) and
-    return how many there were."""
+    that completes or fails; trials not started yet have no run). Mark them ``KILLED``
+    (``--resume`` reopens the same runs) and return how many there were."""
     open_runs = tracker.open_trial_runs(search_id)
     for rid in open_runs:
         tracker.end_run(rid, "KILLED")
