@@ -64,7 +64,10 @@ pipeline)
         --archive "$PWD/.devdata/cifar10-jpg.tar.gz" --limit-per-class 500 --image-size 224 \
         --model "$model" --batch-size 256 --batches 20 --device "$dev" --num-workers 8 \
         --json "$out/pipeline_$model.json" 2>&1 | tail -12 | tee -a "$out/pipeline.log"
-  done ;;
+  done
+  # 448 -> 224 decode + resize per method, incl. the cache build's nvJPEG batch path
+  $py -m hpsearch.benchmarks resize --n 256 --threads 1 --json "$out/resize.json" 2>&1 \
+      | tail -9 | tee -a "$out/pipeline.log" ;;
 cifar10)
   timeout 720 $py -m hpsearch.cli search search_spaces/cifar10_gpu.yaml \
       --data-root "$PWD/.devdata/cifar10-jpg.tar.gz" --results-dir /tmp/gpu-results \

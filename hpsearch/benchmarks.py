@@ -39,7 +39,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,7 +414,9 @@ def resize_benchmark(n: int = 64, src: int = 448, dst: int = 224, quality: int =
     downscale), ``pil_draft`` (``Image.draft`` lets libjpeg decode at 1/2, 1/4, 1/8 scale in
     the DCT domain, then the exact resize), ``torchvision`` (``decode_jpeg`` +
     ``transforms.v2.functional.resize(antialias=True)``), ``hpsearch_cache``
-    (:func:`hpsearch.data.cache.decode_image`, what the cache build runs per image).
+    (:func:`hpsearch.data.cache.decode_image`, what the cache build runs per image), and
+    ``hpsearch_cache_batch_<device>`` (:func:`hpsearch.data.cache.decode_batch`, the build's
+    batched path, ``cuda`` = nvJPEG, when a GPU is visible).
 
     Returns:
         One dict per method: ``method``, ``images_per_s`` (best of ``repeats``),
@@ -424,7 +426,7 @@ def resize_benchmark(n: int = 64, src: int = 448, dst: int = 224, quality: int =
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
     from torchvision.transforms.v2 import functional as TF
 
-    from hpsearch.data.cache import Encoded, decode_image
+    from hpsearch.data.cache import Encoded, decode_batch, decode_image
 
     imgs = _smooth_images(n, src, seed)
     blobs = [encode_jpeg(torch.from_numpy(im).permute(2, 0, 1).contiguous(),
@@ -450,7 +452,14 @@ def resize_benchmark(n: int = 64, src: int = 448, dst: int = 224, quality: int =
     def cache(b: bytes) -> np.ndarray:
         return decode_image(Encoded("bench", b), dst)
 
-    methods = {"pil": pil, "pil_draft": pil_draft, "torchvision": tv, "hpsearch_cache": cache}
+    per_image = {"pil": pil, "pil_draft": pil_draft, "torchvision": tv, "hpsearch_cache": cache}
+    methods: dict[str, Callable[[list[bytes]], list[np.ndarray]]] = {
+        k: (lambda bl, f=f: [f(b) for b in bl]) for k, f in per_image.items()}
+    # the cache build's batched path (HPSEARCH_DECODE_DEVICE): nvJPEG on CUDA
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        methods[f"hpsearch_cache_batch_{dev}"] = lambda bl, dev=dev: list(decode_batch(
+            [Encoded("bench", b) for b in bl], dst, dev))
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -458,9 +467,10 @@ def resize_benchmark(n: int = 64, src: int = 448, dst: int = 224, quality: int =
         rows = []
         for name, fn in methods.items():
             best = math.inf
+            fn(blobs[:2])  # warm-up (CUDA context, nvJPEG handles)
             for _ in range(repeats):
                 t = time.perf_counter()
-                outs = [fn(b) for b in blobs]
+                outs = fn(blobs)
                 best = min(best, time.perf_counter() - t)
             diff = float(np.mean([np.abs(o.astype(np.float32) - r).mean()
                                   for o, r in zip(outs, ref, strict=True)]))

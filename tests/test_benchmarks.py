@@ -96,9 +96,13 @@ def test_bad_budget_is_config_error(tiny, tmp_path):
 
 def test_resize_benchmark_rows():
     rows = resize_benchmark(n=2, src=64, dst=32, repeats=1)
-    assert [r["method"] for r in rows] == ["pil", "pil_draft", "torchvision", "hpsearch_cache"]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    assert [r["method"] for r in rows] == ["pil", "pil_draft", "torchvision", "hpsearch_cache"] \
+        + [f"hpsearch_cache_batch_{d}" for d in devices]
     by = {r["method"]: r for r in rows}
     assert by["torchvision"]["mean_abs_diff_vs_torchvision"] == 0.0
+    # the batched cache path decodes and resizes exactly like the per-image one on the CPU
+    assert by["hpsearch_cache_batch_cpu"]["mean_abs_diff_vs_torchvision"] == 0.0
     assert all(r["images_per_s"] > 0 for r in rows)
     # every method produces the same picture up to resampling differences (0-255 scale)
     assert all(r["mean_abs_diff_vs_torchvision"] < 10 for r in rows)

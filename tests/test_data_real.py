@@ -402,3 +402,33 @@ def test_image_folder_with_hierarchy(tmp_path):
     with pytest.raises(DataError, match="'rose' is not a leaf"):
         load_dataset(cfg)
 
+
+
+def test_batched_decode_matches_the_per_image_decoder(tmp_path, monkeypatch):
+    """The nvJPEG path's code (batched decode_jpeg + resize), run on the CPU here: same pixels
+    as the per-image decoder, a PNG in the batch falls back, and the env switch is checked."""
+    import torch
+    from torchvision.io import encode_jpeg, encode_png
+
+    from hpsearch.data.cache import Encoded, decode_batch, decode_device, decode_image
+
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.randint(0, 256, (3, 40 + 8 * i, 48, ), dtype=torch.uint8, generator=g)
+            for i in range(3)]
+    jpgs = [Encoded(f"{i}.jpg", encode_jpeg(im, quality=90).numpy().tobytes())
+            for i, im in enumerate(imgs)]
+    got = decode_batch(jpgs, 32, "cpu")
+    want = np.stack([decode_image(j, 32) for j in jpgs])
+    assert got.shape == (3, 32, 32, 3) and np.array_equal(got, want)
+    png = Encoded("x.png", encode_png(imgs[0]).numpy().tobytes())
+    mixed = decode_batch([jpgs[1], png], 32, "cpu")
+    assert np.array_equal(mixed[0], want[1]) and np.array_equal(mixed[1], decode_image(png, 32))
+    monkeypatch.setenv("HPSEARCH_DECODE_DEVICE", "auto")
+    assert decode_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("HPSEARCH_DECODE_DEVICE", "gpu0")
+    with pytest.raises(DataError, match="expected cpu, cuda or auto"):
+        decode_device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("HPSEARCH_DECODE_DEVICE", "cuda")
+        with pytest.raises(DataError, match="no CUDA device"):
+            decode_device()

@@ -5,6 +5,12 @@ and every later trial memory-maps it, so trials never decode JPEGs and all trial
 the page cache. Builders lay rows out split by split (train, val, test) so a split is a
 contiguous slice of the memory map, i.e. a view, not a copy.
 
+Decoding runs on CPU threads by default. ``HPSEARCH_DECODE_DEVICE=cuda`` (or ``auto``: CUDA when
+this process sees a GPU) decodes JPEG batches with nvJPEG through torchvision
+(``decode_jpeg(list, device="cuda")``) and resizes them on the GPU, which pays for large
+images (ETHEC's 448 px specimens; issue 3); a batch holding a file nvJPEG cannot read (a PNG,
+say) is decoded on the CPU instead, file by file.
+
 Concurrency: a build holds an exclusive ``fcntl`` lock on ``<entry>/.lock``; a second process
 waits for it and then finds the finished file. The array is written to a temporary file and
 ``os.replace``-d into place, so ``images.npy`` exists only when complete.
@@ -194,6 +200,54 @@ def decode_image(src: Path | Encoded, size: int) -> np.ndarray:
     return resize_uint8(img[None], size)[0]
 
 
+def decode_device() -> str:
+    """``cpu`` or ``cuda``, from ``$HPSEARCH_DECODE_DEVICE`` (``cpu`` default, ``cuda``,
+    ``auto`` = CUDA when available)."""
+    want = os.environ.get("HPSEARCH_DECODE_DEVICE", "cpu").strip().lower() or "cpu"
+    if want not in ("cpu", "cuda", "auto"):
+        raise DataError(f"HPSEARCH_DECODE_DEVICE={want!r}; expected cpu, cuda or auto")
+    if want == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if want == "cuda":
+        raise DataError("HPSEARCH_DECODE_DEVICE=cuda but torch sees no CUDA device; unset it "
+                        "or use auto")
+    return "cpu"
+
+
+def _read(src: Path | Encoded) -> bytes:
+    return src.data if isinstance(src, Encoded) else Path(src).read_bytes()
+
+
+def decode_batch(srcs: Sequence[Path | Encoded], size: int, device: str) -> np.ndarray:
+    """Files -> uint8 ``[N, size, size, 3]``: one batched ``torchvision.io.decode_jpeg`` call on
+    ``device`` (nvJPEG on CUDA), resized there with the same antialiased bilinear resize as
+    :func:`resize_uint8`. When the batch decoder rejects the batch (e.g. it holds a PNG), every
+    file of it is decoded by :func:`decode_image` instead."""
+    import torch
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    datas = [torch.frombuffer(bytearray(_read(s)), dtype=torch.uint8) for s in srcs]
+    out = np.empty((len(srcs), size, size, 3), dtype=np.uint8)
+    try:
+        imgs = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    except Exception:  # noqa: BLE001 - a non-JPEG or unsupported file: one by one
+        imgs = None
+    for i, src in enumerate(srcs):
+        if imgs is None:
+            out[i] = decode_image(src, size)
+            continue
+        t = imgs[i]
+        if t.shape[-2:] != (size, size):
+            t = TF.resize(t, [size, size], antialias=True)
+        out[i] = t.permute(1, 2, 0).cpu().numpy()
+    return out
+
+
 def _write_from_paths(
     tmp: Path, paths: list[Path | Encoded], size: int, workers: int | None
 ) -> None:
@@ -203,6 +257,12 @@ def _write_from_paths(
                         "listed images are missing)")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                     shape=(len(paths), size, size, 3))
+    device = decode_device()
+    if device != "cpu":
+        for a in range(0, len(paths), CHUNK // 4):  # 128 images per nvJPEG batch
+            out[a:a + CHUNK // 4] = decode_batch(paths[a:a + CHUNK // 4], size, device)
+        out.flush()
+        return
     workers = workers or min(16, os.cpu_count() or 1)
 
     def work(i: int) -> None:
