@@ -30,6 +30,9 @@ ALL_CELLS=(
   # collect pools them with the first search of the same cell
   t61_order_embedding_d10_long t61_order_embedding_d100_long t61_order_embedding_d5_long
   t61_euclidean_cone_d3_long t61_order_embedding_d3_long
+  # third searches (12 x <= 300 epochs) of the two lowest-dimensional Table 6.1 cells still not
+  # beaten; collect pools them (same table/family/d/p) with the earlier searches of the cell
+  t61_order_embedding_d3_r3 t61_euclidean_cone_d3_r3
 )
 
 # one search: search_spaces/ethec_tables/ethec_<cell>.yaml -> $EVID/<t61|t62>/mlflow.db
