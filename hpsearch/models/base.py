@@ -171,6 +171,23 @@ def register_family(name: str, *, task: str = "classifier", params: type[FamilyP
     return deco
 
 
+def register_head_family(name: str, head: Callable[[int, Hierarchy, Any], Head], *,
+                         params: type[FamilyParams] = FamilyParams,
+                         description: str = "") -> None:
+    """Register a classifier family: the configured backbone (``model.backbone``) followed by
+    ``head(feature_dim, hierarchy, parsed_params)``, trained by the classifier experiment."""
+
+    def build(cfg: ModelConfig, p: FamilyParams, h: Hierarchy,
+              in_ch: int = 3) -> HierarchicalClassifier:
+        from hpsearch.models.backbones import build_backbone
+
+        bb = build_backbone(cfg, in_ch)
+        return HierarchicalClassifier(bb, head(bb.out_dim, h, p))
+
+    build.__name__ = f"build_{name}"
+    register_family(name, params=params, description=description)(build)
+
+
 def build_model(cfg: ModelConfig, h: Hierarchy, in_ch: int = 3) -> nn.Module:
     import hpsearch.models  # noqa: F401  registers the built-in families
 

@@ -7,14 +7,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from hpsearch.config import ModelConfig
 from hpsearch.hierarchy import Hierarchy
-from hpsearch.models.backbones import build_backbone
 from hpsearch.models.base import (
     FamilyParams,
     Head,
-    HierarchicalClassifier,
-    register_family,
+    register_head_family,
     split_levels,
 )
 from hpsearch.models.per_level import PerLevelHead
@@ -104,11 +101,7 @@ class CosineEmbeddingHead(Head):
         return self._per_level(invert_embeddings(self.labels.weight.detach(), r))
 
 
-@register_family("cosine_embedding", params=CosineEmbeddingParams,
-                 description="per-level classifier through an N-d label-embedding layer "
-                             "(thesis §5.1)")
-def build_cosine(cfg: ModelConfig, params: CosineEmbeddingParams, h: Hierarchy,
-                 in_ch: int = 3) -> HierarchicalClassifier:
-    bb = build_backbone(cfg, in_ch)
-    return HierarchicalClassifier(bb, CosineEmbeddingHead(
-        bb.out_dim, h, params.dim, params.cosine, params.scale, params.learn_scale))
+register_head_family("cosine_embedding", lambda d, h, p: CosineEmbeddingHead(
+    d, h, p.dim, p.cosine, p.scale, p.learn_scale), params=CosineEmbeddingParams,
+                     description="per-level classifier through an N-d label-embedding layer "
+                                 "(thesis §5.1)")

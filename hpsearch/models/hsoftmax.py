@@ -9,15 +9,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hpsearch.config import ModelConfig
 from hpsearch.hierarchy import Hierarchy
-from hpsearch.models.backbones import build_backbone
 from hpsearch.models.base import (
     FamilyParams,
     Head,
-    HierarchicalClassifier,
     level_weights_for,
-    register_family,
+    register_head_family,
     split_levels,
     weighted_level_nll,
 )
@@ -106,10 +103,7 @@ class HSoftmaxHead(Head):
         return super().predict_levels(outputs)
 
 
-@register_family("hsoftmax", params=HSoftmaxParams,
-                 description="hierarchical softmax: one softmax per sibling group, joint along "
-                             "the path (thesis §3.5)")
-def build_hsoftmax(cfg: ModelConfig, params: HSoftmaxParams, h: Hierarchy,
-                   in_ch: int = 3) -> HierarchicalClassifier:
-    bb = build_backbone(cfg, in_ch)
-    return HierarchicalClassifier(bb, HSoftmaxHead(bb.out_dim, h, params.prediction))
+register_head_family("hsoftmax", lambda d, h, p: HSoftmaxHead(d, h, p.prediction),
+                     params=HSoftmaxParams,
+                     description="hierarchical softmax: one softmax per sibling group, joint "
+                                 "along the path (thesis §3.5)")

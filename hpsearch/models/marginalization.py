@@ -8,15 +8,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from hpsearch.config import ModelConfig
 from hpsearch.hierarchy import Hierarchy
-from hpsearch.models.backbones import build_backbone
 from hpsearch.models.base import (
     FamilyParams,
     Head,
-    HierarchicalClassifier,
     level_weights_for,
-    register_family,
+    register_head_family,
     weighted_level_nll,
 )
 
@@ -113,9 +110,7 @@ class MarginalizationHead(Head):
         return super().predict_levels(outputs)
 
 
-@register_family("marginalization", params=MarginalizationParams,
-                 description="leaf softmax, upper levels by summing children (thesis §3.3)")
-def build_marginalization(cfg: ModelConfig, params: MarginalizationParams, h: Hierarchy,
-                          in_ch: int = 3) -> HierarchicalClassifier:
-    bb = build_backbone(cfg, in_ch)
-    return HierarchicalClassifier(bb, MarginalizationHead(bb.out_dim, h, params.prediction))
+register_head_family("marginalization",
+                     lambda d, h, p: MarginalizationHead(d, h, p.prediction),
+                     params=MarginalizationParams,
+                     description="leaf softmax, upper levels by summing children (thesis §3.3)")

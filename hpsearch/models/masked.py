@@ -9,15 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hpsearch.config import ModelConfig
 from hpsearch.hierarchy import Hierarchy
-from hpsearch.models.backbones import build_backbone
 from hpsearch.models.base import (
     FamilyParams,
     Head,
-    HierarchicalClassifier,
     level_weights_for,
-    register_family,
+    register_head_family,
     split_levels,
 )
 
@@ -138,10 +135,8 @@ class MaskedPerLevelHead(Head):
         return greedy_top_down(zs, self.masks)[0]
 
 
-@register_family("masked_per_level", params=MaskedParams,
-                 description="per-level softmax decoded top-down among the predicted parent's "
-                             "children (thesis §3.4)")
-def build_masked(cfg: ModelConfig, params: MaskedParams, h: Hierarchy,
-                 in_ch: int = 3) -> HierarchicalClassifier:
-    bb = build_backbone(cfg, in_ch)
-    return HierarchicalClassifier(bb, MaskedPerLevelHead(bb.out_dim, h, params.after_wrong_parent))
+register_head_family("masked_per_level",
+                     lambda d, h, p: MaskedPerLevelHead(d, h, p.after_wrong_parent),
+                     params=MaskedParams,
+                     description="per-level softmax decoded top-down among the predicted "
+                                 "parent's children (thesis §3.4)")

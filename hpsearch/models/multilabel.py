@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hpsearch.config import ModelConfig
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.metrics.multilabel import (
     labels_per_image_stats,
@@ -17,13 +16,11 @@ from hpsearch.metrics.multilabel import (
     per_class_thresholds,
     tpr_tnr,
 )
-from hpsearch.models.backbones import build_backbone
 from hpsearch.models.base import (
     FamilyParams,
     Head,
-    HierarchicalClassifier,
     level_weights_for,
-    register_family,
+    register_head_family,
     split_levels,
 )
 
@@ -108,10 +105,7 @@ class MultiLabelHead(Head):
         return out
 
 
-@register_family("multilabel", params=MultiLabelParams,
-                 description="hierarchy-agnostic multi-label sigmoid classifier, PCDB/OFADB "
-                             "thresholds (thesis §3.1)")
-def build_multilabel(cfg: ModelConfig, params: MultiLabelParams, h: Hierarchy,
-                     in_ch: int = 3) -> HierarchicalClassifier:
-    bb = build_backbone(cfg, in_ch)
-    return HierarchicalClassifier(bb, MultiLabelHead(bb.out_dim, h, params.decision_rule))
+register_head_family("multilabel", lambda d, h, p: MultiLabelHead(d, h, p.decision_rule),
+                     params=MultiLabelParams,
+                     description="hierarchy-agnostic multi-label sigmoid classifier, PCDB/OFADB "
+                                 "thresholds (thesis §3.1)")

@@ -6,15 +6,11 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from hpsearch.config import ModelConfig
 from hpsearch.hierarchy import Hierarchy
-from hpsearch.models.backbones import build_backbone
 from hpsearch.models.base import (
-    FamilyParams,
     Head,
-    HierarchicalClassifier,
     level_weights_for,
-    register_family,
+    register_head_family,
     split_levels,
     weighted_level_nll,
 )
@@ -47,8 +43,5 @@ class PerLevelHead(Head):
         return [z.float().softmax(-1) for z in split_levels(outputs, self.hierarchy)]
 
 
-@register_family("per_level", description="per-level softmax classifier (thesis §3.2)")
-def build_per_level(cfg: ModelConfig, params: FamilyParams, h: Hierarchy,
-                    in_ch: int = 3) -> HierarchicalClassifier:
-    bb = build_backbone(cfg, in_ch)
-    return HierarchicalClassifier(bb, PerLevelHead(bb.out_dim, h))
+register_head_family("per_level", lambda d, h, p: PerLevelHead(d, h),
+                     description="per-level softmax classifier (thesis §3.2)")

@@ -27,16 +27,13 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from hpsearch.class_embeddings import class_embedding, lcs_height_similarity, wup_similarity
-from hpsearch.config import ModelConfig
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.metrics.retrieval import balanced_accuracy, retrieval_metrics
-from hpsearch.models.backbones import build_backbone
 from hpsearch.models.base import (
     FamilyParams,
     Head,
-    HierarchicalClassifier,
     level_weights_for,
-    register_family,
+    register_head_family,
 )
 
 #: Softmax temperature over cosine similarities for ``predict="nearest"``: leaf probabilities
@@ -173,9 +170,6 @@ class SemanticEmbeddingHead(Head):
         return out
 
 
-@register_family("semantic_embedding", task="classifier", params=SemanticParams,
-                 description="hierarchy-based semantic image embeddings (Barz & Denzler 2019)")
-def build_semantic(cfg: ModelConfig, params: SemanticParams, h: Hierarchy,
-                   in_ch: int = 3) -> HierarchicalClassifier:
-    bb = build_backbone(cfg, in_ch)
-    return HierarchicalClassifier(bb, SemanticEmbeddingHead(bb.out_dim, h, params))
+register_head_family("semantic_embedding", SemanticEmbeddingHead, params=SemanticParams,
+                     description="hierarchy-based semantic image embeddings (Barz & Denzler "
+                                 "2019)")
