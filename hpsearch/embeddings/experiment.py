@@ -42,7 +42,11 @@ from hpsearch.embeddings.splits import (
     predefined_edge_splits,
 )
 from hpsearch.errors import ConfigError, DataError, NonFiniteLossError
-from hpsearch.metrics.edges import best_threshold_f1, f1_at_threshold, graph_reconstruction
+from hpsearch.metrics.edges import (
+    best_threshold_f1,
+    embedding_reconstruction,
+    f1_at_threshold,
+)
 from hpsearch.models.base import task_params
 from hpsearch.models.embedding_families import (
     TASK,
@@ -225,15 +229,9 @@ class LabelEmbeddingExperiment:
         if n > self.params.recon_max_nodes:
             out = {"recon_skipped": 1.0}
         else:
-            emb = self.model()
-            rows = max(1, RECON_CHUNK_ELEMS // max(n * self.model.dim, 1))
-
-            blocks = [self.model.energy(emb[s:s + rows, None, :], emb[None, :, :])
-                      for s in range(0, n, rows)]  # [rows, N] each; N² <= recon_max_nodes²
-            full = graph_reconstruction(blocks, self.closure)
-            basic = graph_reconstruction(blocks, self.basic)
-            out = {"recon_tpr": full["tpr"], "recon_tnr": full["tnr"], "full_f1": full["f1"],
-                   "recon_threshold": full["threshold"], "recon_basic_f1": basic["f1"]}
+            # N² energies in [rows, N] blocks; N <= recon_max_nodes
+            out = embedding_reconstruction(self.model.energy, self.model(), self.closure,
+                                           self.basic, chunk_elems=RECON_CHUNK_ELEMS)
         self._recon_cache = (self.steps, out)
         return out
 

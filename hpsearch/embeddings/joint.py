@@ -79,7 +79,7 @@ from hpsearch.geometry import (
     hyperbolic_cone_aperture,
 )
 from hpsearch.metrics.classification import level_metrics, levels_to_multihot
-from hpsearch.metrics.edges import graph_reconstruction
+from hpsearch.metrics.edges import embedding_reconstruction
 from hpsearch.metrics.hierarchical import leaf_lca_heights, mistake_severity, path_consistency
 from hpsearch.models.base import task_params
 from hpsearch.models.joint_families import (
@@ -479,14 +479,8 @@ class JointEmbeddingExperiment:
         elif len(self.closure) == 0:
             out = {"recon_skipped": 1.0}  # a flat label set has no label edges
         else:
-            emb = self.model.label_embeddings()
-            rows = max(1, CHUNK_ELEMS // max(n * self.model.dim, 1))
-            blocks = [self.model.energy(emb[s:s + rows, None, :], emb[None, :, :])
-                      for s in range(0, n, rows)]
-            full = graph_reconstruction(blocks, self.closure)
-            basic = graph_reconstruction(blocks, self.basic)
-            out = {"recon_tpr": full["tpr"], "recon_tnr": full["tnr"], "full_f1": full["f1"],
-                   "recon_threshold": full["threshold"], "recon_basic_f1": basic["f1"]}
+            out = embedding_reconstruction(self.model.energy, self.model.label_embeddings(),
+                                           self.closure, self.basic, chunk_elems=CHUNK_ELEMS)
         self._recon_cache = (self.steps, out)
         return out
 
