@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from hpsearch.config import TrialConfig
 from hpsearch.data import load_dataset
-from hpsearch.train.driver import DirectoryReporter, load_checkpoint, run_trial
+from hpsearch.train.driver import (
+    DirectoryReporter,
+    load_checkpoint,
+    run_trial,
+    staging_dir,
+    sweep_staging,
+)
 from hpsearch.train.loop import epoch_indices
 
 from .conftest import TINY_DATA
@@ -79,3 +88,43 @@ def test_eval_every_reports_every_k_epochs_and_the_last(tmp_path):
     rep = DirectoryReporter(tmp_path / "ck")
     run_trial(cfg, rep)
     assert [m["epoch"] for m in rep.history] == [2.0, 4.0, 5.0]
+
+
+def test_checkpoint_staging_is_removed_when_report_raises(tmp_path, monkeypatch):
+    """A scheduler stopping a trial makes ``report`` raise: its checkpoint must not leak."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen: list[Path] = []
+
+    def stop_at_second(metrics, ckpt_dir):
+        seen.append(ckpt_dir)
+        assert (ckpt_dir / "checkpoint.pt").exists()
+        if len(seen) == 2:
+            raise KeyboardInterrupt("stopped by the scheduler")
+
+    cfg = TrialConfig.from_flat(CFG)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, stop_at_second)
+    assert len(seen) == 2 and not any(p.exists() for p in seen)
+    assert not list(tmp_path.glob("hpsearch-ckpt-*"))
+
+
+def test_sweep_removes_staging_of_dead_processes_only(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    mine = staging_dir("ckpt", root=tmp_path)
+    host = mine.name.split("-")[2]
+    orphan = tmp_path / f"hpsearch-ckpt-{host}-{dead_pid}-abc"
+    orphan_resume = tmp_path / f"hpsearch-resume-{host}-{dead_pid}-def"
+    other_host = tmp_path / f"hpsearch-ckpt-otherhost{host}-{dead_pid}-ghi"
+    unrelated = tmp_path / f"hpsearch-bench-{host}-{dead_pid}-jkl"
+    for d in (orphan, orphan_resume, other_host, unrelated):
+        (d / "x").mkdir(parents=True)
+    assert sweep_staging(tmp_path) == 2
+    assert not orphan.exists() and not orphan_resume.exists()
+    assert mine.exists() and other_host.exists() and unrelated.exists()

@@ -8,7 +8,10 @@ metrics plus the checkpoint directory to a :class:`Reporter`. Ray-specific repor
 from __future__ import annotations
 
 import math
+import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +26,54 @@ from hpsearch.train.experiment import Experiment, RunContext, build_experiment
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
 REPORTS_DIR = "reports"  # text artifacts of the best epoch (e.g. per-label F1 tables)
+STAGING_PREFIX = "hpsearch-"  # + kind ("ckpt", "resume") + "-<host>-<pid>-<random>"
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+
+
+def staging_dir(kind: str, root: Path | None = None) -> Path:
+    """A fresh scratch directory named after this host and process, for one checkpoint.
+
+    The name carries the pid so that :func:`sweep_staging` can tell directories of live
+    processes from those left behind by a process that was killed while it held one (Ray
+    kills a trial's worker when a scheduler stops the trial, often inside ``report``).
+    """
+    prefix = f"{STAGING_PREFIX}{kind}-{_host_tag()}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def sweep_staging(root: Path | None = None, kinds: tuple[str, ...] = ("ckpt", "resume")) -> int:
+    """Delete this host's staging directories whose process no longer exists; return the count.
+
+    Only names made by :func:`staging_dir` on this host are considered, so a temp dir shared
+    between nodes never loses a directory a live process on another node still uses.
+    """
+    root = Path(root or tempfile.gettempdir())
+    pattern = re.compile(rf"{re.escape(STAGING_PREFIX)}(?:{'|'.join(map(re.escape, kinds))})"
+                         rf"-{re.escape(_host_tag())}-(\d+)-")
+    removed = 0
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return 0
+    for d in entries:
+        m = pattern.match(d.name)
+        if m and d.is_dir() and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+            removed += not d.exists()
+    return removed
 
 
 class Reporter(Protocol):
@@ -75,6 +126,8 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
     holding the latest state and the best weights.
     """
     ctx = ctx or RunContext()
+    if ctx.is_main:
+        sweep_staging()  # checkpoints of trials on this node that were killed mid-report
     exp = (experiment_factory or build_experiment)(cfg, ctx)
     best, start, best_state, reports = BestSoFar(), 0, None, {}
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
@@ -111,13 +164,14 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
         metrics.update({f"test_{k}": v for k, v in (best.test or {}).items()})
         metrics["best_epoch"] = float(best.epoch + 1)
         metrics[f"best_{cfg.metric}"] = best.value
-        ckpt = None
-        if ctx.is_main:
-            ckpt = Path(tempfile.mkdtemp(prefix="hpsearch-ckpt-"))
-            save_checkpoint(ckpt, exp, epoch, best, best_state, reports)
-        report(metrics, ckpt)
-        if ckpt is not None and ckpt.exists():
-            shutil.rmtree(ckpt, ignore_errors=True)
+        ckpt = staging_dir("ckpt") if ctx.is_main else None
+        try:
+            if ckpt is not None:
+                save_checkpoint(ckpt, exp, epoch, best, best_state, reports)
+            report(metrics, ckpt)  # Ray persists the checkpoint to storage before returning
+        finally:  # also when report raises (a stopped trial); a killed one is swept later
+            if ckpt is not None:
+                shutil.rmtree(ckpt, ignore_errors=True)
     return best
 
 

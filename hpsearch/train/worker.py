@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from hpsearch.config import TrialConfig
-from hpsearch.train.driver import run_trial
+from hpsearch.train.driver import run_trial, staging_dir
 from hpsearch.train.experiment import RunContext
 
 BASE_KEY = "__hpsearch_base"  # flat fixed values carried in every trial's config
@@ -57,7 +57,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
     resume_dir = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
-        resume_dir = Path(tempfile.mkdtemp(prefix="hpsearch-resume-"))
+        resume_dir = staging_dir("resume")
         with ckpt.as_directory() as d:
             shutil.copytree(d, resume_dir, dirs_exist_ok=True)
 
@@ -88,7 +88,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     resume_dir = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        resume_dir = Path(tempfile.mkdtemp(prefix="hpsearch-resume-"))
+        resume_dir = staging_dir("resume")
         with ckpt.as_directory() as d:
             shutil.copytree(d, resume_dir, dirs_exist_ok=True)
 
@@ -96,7 +96,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    run_trial(cfg, report, ctx=ctx, resume_from=resume_dir)
+    try:
+        run_trial(cfg, report, ctx=ctx, resume_from=resume_dir)
+    finally:
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
 
 
 def _run_torch_trainer(cfg: TrialConfig, storage: str | None) -> None:
