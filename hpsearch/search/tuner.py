@@ -184,6 +184,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     from ray.tune.search.optuna import OptunaSearch
 
     from hpsearch.search.callbacks import MLflowTrialCallback
+    from hpsearch.train.driver import sweep_staging
     from hpsearch.train.worker import BASE_KEY, STORAGE_KEY, tune_trainable
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -269,6 +270,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         )
     with _interruptible() as interrupt:
         grid = tuner.fit()
+    sweep_staging()  # checkpoint dirs of trials killed on this node while reporting
     unfinished = _close_unfinished(tracker, search_id)
     errors = grid.num_errors
     stopped = sum(1 for res in grid
