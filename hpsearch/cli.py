@@ -57,13 +57,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 130
     print(f"MLflow experiment {out.experiment!r} at {out.tracking_uri} "
           f"(parent run {out.parent_run_id})")
+    if not out.num_trials:
+        print("hpsearch: error: no trial ran", file=sys.stderr)
+        return 1
+    if out.num_errors >= out.num_trials:
+        errs = _tracker_for(out.tracking_uri, out.experiment).trial_errors(out.search_id, 1)
+        first = f"; first error (run {errs[0][0]}): {errs[0][1]}" if errs else ""
+        print(f"hpsearch: error: all {out.num_trials} trials failed{first}", file=sys.stderr)
+        return 1
     if out.best and out.best.get("value") is not None:
         print(f"best {out.best['metric']} = {out.best['value']:.4f}")
     _print_best(_tracker_for(out.tracking_uri, out.experiment), space.metric, space.mode, 3,
                 out.search_id)
     if args.export_best:
         _export_best(out, space, args.export_best)
-    return 0 if out.num_errors < out.num_trials else 1
+    return 0
 
 
 def _tracker_for(uri: str, experiment: str):

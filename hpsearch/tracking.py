@@ -239,6 +239,16 @@ class Tracker:
                                        max_results=10000)
         return [r.info.run_id for r in runs]
 
+    def trial_errors(self, search_id: str, limit: int = 3) -> list[tuple[str, str]]:
+        """(run id, error tag) of this search's FAILED trial runs, oldest first."""
+        flt = (f"tags.`{TAG}role` = 'trial' and tags.`{TAG}search_id` = '{search_id}' and "
+               "attributes.status = 'FAILED'")
+        runs = self.client.search_runs([self.experiment_id], filter_string=flt,
+                                       order_by=["attributes.start_time ASC"],
+                                       max_results=limit)
+        return [(r.info.run_id, r.data.tags.get(f"{TAG}error", "(no error recorded)"))
+                for r in runs]
+
     def count_runs(self, **tags: str) -> int:
         flt = " and ".join(f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items()) or None
         return len(self.client.search_runs([self.existing_experiment_id()], filter_string=flt,

@@ -155,6 +155,10 @@ def test_inprocess_search_resume_keeps_one_run_per_trial(tmp_path):
     assert 1 <= len(before) <= 3
     statuses = [s for _, s in before]
     assert "KILLED" in statuses and "RUNNING" not in statuses, statuses
+    # a resumed search keeps the options it started with: a conflicting flag is refused
+    bad = cli("search", str(f), "--results-dir", str(res), "--resume", "--experiment", "other",
+              cwd=tmp_path)
+    assert bad.returncode == 2 and "cannot continue with --experiment other" in bad.stderr
     r = cli("search", str(f), "--results-dir", str(res), "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     after = trial_runs(db)
@@ -164,6 +168,46 @@ def test_inprocess_search_resume_keeps_one_run_per_trial(tmp_path):
     parents = mlflow_rows(db, "select count(*) from tags where key = 'hpsearch.role' and "
                               "value = 'search'")
     assert parents[0][0] == 1
+    # trial dirs are named by trial id, not by the constants every trial shares
+    (sdir,) = (res / "ray").glob("res-*")
+    trial_dirs = [p.name for p in sdir.iterdir() if p.is_dir()]
+    assert len(trial_dirs) == 3 and all(n.startswith("tune_trainable_") and "=" not in n
+                                        for n in trial_dirs), trial_dirs
+    # the search has finished: nothing left to resume
+    again = cli("search", str(f), "--results-dir", str(res), "--resume", cwd=tmp_path)
+    assert again.returncode == 2 and "has finished" in again.stderr, again.stderr
+
+
+def test_time_budget_ends_trials_finished_with_exportable_checkpoints(tmp_path):
+    """When ``time_budget_s`` runs out, Tune ends the running trials without completing
+    them: their runs must still end FINISHED (not ASHA-stopped), carry their checkpoint,
+    and the best one must export."""
+    f = tmp_path / "space.yaml"
+    f.write_text(SPACE.format(name="tb", epochs=400, resources="{cpus_per_trial: 1}")
+                 .replace("grace_period: 1}", "grace_period: 400, time_budget_s: 30}"))
+    res = tmp_path / "results"
+    r = cli("search", str(f), "--results-dir", str(res), "--export-best", str(tmp_path / "b"),
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "0 stopped early by ASHA" in r.stdout
+    db = res / "mlflow.db"
+    runs = dict(trial_runs(db))
+    assert runs and "RUNNING" not in runs.values(), runs
+    by_budget = [rid for rid in runs if mlflow_rows(
+        db, f"select value from tags where run_uuid = '{rid}' and key = 'hpsearch.stopped_by'")
+        == [("time_budget",)]]
+    assert by_budget and all(runs[rid] == "FINISHED" for rid in by_budget)
+    for rid in by_budget:
+        epochs = mlflow_rows(db, f"select value from tags where run_uuid = '{rid}' and "
+                                 "key = 'hpsearch.epochs_run'")[0][0]
+        assert 0 < int(epochs) < 400
+        art = Path(mlflow_rows(db, f"select artifact_uri from runs where run_uuid = '{rid}'"
+                                   )[0][0].removeprefix("file://"))
+        assert (art / "checkpoint" / "best.pt").exists()
+    assert (tmp_path / "b" / "manifest.json").exists()
+    parent = mlflow_rows(db, "select r.status from runs r join tags t on t.run_uuid = "
+                             "r.run_uuid where t.key = 'hpsearch.role' and t.value = 'search'")
+    assert parent == [("FINISHED",)]
 
 
 STAGE1 = """name: stage1

@@ -106,3 +106,34 @@ def test_shipped_spaces_validate():
 
     for f in sorted((Path(__file__).resolve().parents[1] / "search_spaces").rglob("*.yaml")):
         load_space(f)
+
+
+def test_spaces_that_would_not_mean_what_they_say_are_refused():
+    """Both range ends are checked against the config, not just ``low``; a search never
+    starts with a value a trial would reject."""
+    msg = _err(search={"optim.momentum": {"type": "uniform", "low": 0.5, "high": 1.5}})
+    assert "search.optim.momentum.high=1.5 is not a valid value" in msg
+    assert "less than 1" in msg
+    assert "search.optim.batch_size.low=0 is not a valid value" in _err(
+        search={"optim.batch_size": {"type": "int", "low": 0, "high": 64}})
+    assert "int needs whole numbers, got low=16.5" in _err(
+        search={"optim.batch_size": {"type": "int", "low": 16.5, "high": 64}})
+    assert "logint samples on a log scale and takes no step" in _err(
+        search={"optim.batch_size": {"type": "logint", "low": 16, "high": 128, "step": 16}})
+    assert "loguniform samples on a log scale" in _err(
+        search={"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1, "step": 0.01}})
+    assert "step=0.3 does not divide high - low" in _err(
+        search={"optim.momentum": {"type": "uniform", "low": 0.1, "high": 0.9, "step": 0.3}})
+    assert "takes 'low' and 'high', not 'choices'" in _err(
+        search={"optim.lr": {"type": "uniform", "low": 0.1, "high": 0.2, "choices": [0.1]}})
+    assert "when: optim.optimizer = 'adamw' can never be sampled" in _err(search={
+        "optim.optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+        "optim.momentum": {"type": "uniform", "low": 0.5, "high": 0.9,
+                           "when": {"optim.optimizer": "adamw"}}})
+    # what is fine stays fine: stepped ranges that divide, int ranges, when on a list
+    validate_space({**BASE, "search": {
+        "optim.momentum": {"type": "uniform", "low": 0.1, "high": 0.9, "step": 0.1},
+        "optim.batch_size": {"type": "int", "low": 16, "high": 64, "step": 16},
+        "optim.optimizer": {"type": "categorical", "choices": ["sgd", "adam", "adamw"]},
+        "optim.weight_decay": {"type": "loguniform", "low": 1e-5, "high": 1e-2,
+                               "when": {"optim.optimizer": ["adam", "adamw"]}}}})

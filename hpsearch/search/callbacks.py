@@ -14,6 +14,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from hpsearch.errors import ConfigError
 from hpsearch.search.tuner import METRIC_PREFIXES
 from hpsearch.tracking import Tracker
 from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE, REPORTS_DIR
@@ -52,8 +53,12 @@ class MLflowTrialCallback(Callback):
                 self.parent_run_id, self.search_id, trial.trial_id, name=str(trial),
                 tags={"family": self.family, "dataset": self.dataset})
             if created:
-                cfg = trial_config(trial.config)
-                self.tracker.log_params(rid, resolved_params(cfg))
+                try:
+                    cfg = trial_config(trial.config)
+                except ConfigError as e:  # the trial fails with the same error; the search
+                    self.tracker.set_tags(rid, {"error": str(e)[:4000]})  # must go on
+                else:
+                    self.tracker.log_params(rid, resolved_params(cfg))
             self._runs[trial.trial_id] = rid
         return rid
 
@@ -82,32 +87,15 @@ class MLflowTrialCallback(Callback):
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
         rid = self._run(trial)
         epoch = self._last_epoch.get(trial.trial_id, 0)
-        tags: dict[str, Any] = {"epochs_run": epoch}
         ckpt = self._ckpt.get(trial.trial_id)
         if ckpt is None and getattr(trial, "checkpoint", None) is not None:
             ckpt = getattr(trial.checkpoint, "path", None)
-        if ckpt:
-            tags["checkpoint"] = ckpt
-            self._upload_checkpoint(rid, Path(ckpt))
+        tags: dict[str, Any] = {}
         if status == "FINISHED" and epoch < self.max_epochs:
             tags["stopped_early"] = "true"
         if error:
             tags["error"] = error[:4000]
-        self.tracker.set_tags(rid, tags)
-        self.tracker.end_run(rid, status)
-
-    def _upload_checkpoint(self, rid: str, ckpt: Path) -> None:
-        """Copy the best weights (and the latest state) into the run's artifacts, so export
-        works after Ray's directories are gone."""
-        if (ckpt / REPORTS_DIR).is_dir():
-            self.tracker.log_artifacts(rid, ckpt / REPORTS_DIR, "reports")
-        files = [f for f in (ckpt / BEST_FILE, ckpt / CHECKPOINT_FILE) if f.exists()]
-        if not files:
-            return
-        with tempfile.TemporaryDirectory() as d:
-            src = ckpt / BEST_FILE if (ckpt / BEST_FILE).exists() else ckpt / CHECKPOINT_FILE
-            (Path(d) / src.name).symlink_to(src)
-            self.tracker.log_artifacts(rid, d, "checkpoint")
+        close_trial_run(self.tracker, rid, status, epoch, ckpt, tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "FINISHED")
@@ -120,3 +108,51 @@ class MLflowTrialCallback(Callback):
         except Exception:  # noqa: BLE001 - the error file may not be readable yet
             err = None
         self._finish(trial, "FAILED", err or "trial raised an error (see its Ray trial dir)")
+
+
+def upload_checkpoint(tracker: Tracker, rid: str, ckpt: Path) -> None:
+    """Copy the best weights (else the latest state) and the reports into the run's
+    artifacts, so export works after Ray's directories are gone."""
+    if (ckpt / REPORTS_DIR).is_dir():
+        tracker.log_artifacts(rid, ckpt / REPORTS_DIR, "reports")
+    files = [f for f in (ckpt / BEST_FILE, ckpt / CHECKPOINT_FILE) if f.exists()]
+    if not files:
+        return
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / files[0].name).symlink_to(files[0])
+        tracker.log_artifacts(rid, d, "checkpoint")
+
+
+def close_trial_run(tracker: Tracker, rid: str, status: str, epoch: int, ckpt: str | None,
+                    tags: dict[str, Any]) -> None:
+    """End one trial run: epochs run, checkpoint path and artifact, extra tags, status."""
+    tags = {"epochs_run": epoch, **tags}
+    if ckpt:
+        tags["checkpoint"] = ckpt
+        upload_checkpoint(tracker, rid, Path(ckpt))
+    tracker.set_tags(rid, tags)
+    tracker.end_run(rid, status)
+
+
+def finish_open_trials(tracker: Tracker, search_id: str, grid: Any, stopped_by: str) -> int:
+    """After a ``fit`` that was not interrupted: trials Tune ended without completing them
+    (``time_budget_s`` ran out) never reach ``on_trial_complete``. Close their runs FINISHED,
+    tagged ``stopped_by``, with the checkpoint Ray kept (the best epoch is in it, so they can
+    be exported like any other). Returns how many runs were closed."""
+    open_runs = set(tracker.open_trial_runs(search_id))
+    closed = 0
+    for res in grid:
+        tid = (res.metrics or {}).get("trial_id")
+        run = tracker.find_run(search_id=search_id, trial_id=tid) if tid else None
+        if run is None or run.info.run_id not in open_runs:
+            continue
+        ckpt = getattr(res.checkpoint, "path", None) if res.checkpoint else None
+        epoch = int((res.metrics or {}).get("epoch", 0))
+        close_trial_run(tracker, run.info.run_id, "FAILED" if res.error else "FINISHED", epoch,
+                        ckpt, {"stopped_by": stopped_by})
+        open_runs.discard(run.info.run_id)
+        closed += 1
+    for rid in open_runs:  # no result to go by (never reported)
+        tracker.set_tags(rid, {"stopped_by": stopped_by})
+        tracker.end_run(rid, "KILLED")
+    return closed + len(open_runs)

@@ -54,6 +54,9 @@ class Dimension(_Strict):
             if self.low is not None or self.high is not None:
                 raise ValueError("categorical takes 'choices', not low/high")
             return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes 'low' and 'high', not 'choices' (use type: "
+                             "categorical to pick from a list)")
         if self.low is None or self.high is None:
             raise ValueError(f"{self.type} needs 'low' and 'high'")
         if not self.low < self.high:
@@ -61,13 +64,37 @@ class Dimension(_Strict):
                              f"high={self.high})")
         if self.type in ("loguniform", "logint") and self.low <= 0:
             raise ValueError(f"{self.type} needs low > 0, got {self.low}")
+        if self.type in ("int", "logint"):
+            for name, v in (("low", self.low), ("high", self.high), ("step", self.step)):
+                if v is not None and not float(v).is_integer():
+                    raise ValueError(f"{self.type} needs whole numbers, got {name}={v}")
+        if self.step is not None:
+            if self.step <= 0:
+                raise ValueError(f"step must be > 0, got {self.step}")
+            if self.type in ("loguniform", "logint") and self.step != 1:
+                raise ValueError(f"{self.type} samples on a log scale and takes no step (got "
+                                 f"step={self.step}); use {self.type.removeprefix('log')} "
+                                 "for a stepped range")
+            n = (self.high - self.low) / self.step
+            if self.type != "logint" and abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
+                raise ValueError(f"step={self.step} does not divide high - low = "
+                                 f"{self.high - self.low}; make high = low + k * step")
         return self
 
-    def first(self) -> Any:
-        """A representative value, used to validate the key against TrialConfig."""
+    def ends(self) -> list[Any]:
+        """Values to validate the key against TrialConfig: every choice, or both range ends."""
         if self.type == "categorical":
-            return self.choices[0]
-        return int(self.low) if self.type in ("int", "logint") else self.low
+            return list(self.choices or [])
+        if self.type in ("int", "logint"):
+            return [int(self.low), int(self.high)]  # type: ignore[arg-type]
+        return [self.low, self.high]
+
+    def admits(self, value: Any) -> bool:
+        """Whether sampling this dimension can give ``value`` (for ``when`` clauses)."""
+        if self.type == "categorical":
+            return any(value == c for c in self.choices or [])
+        return (isinstance(value, int | float) and not isinstance(value, bool)
+                and self.low <= value <= self.high)  # type: ignore[operator]
 
 
 class Budget(_Strict):
@@ -185,28 +212,40 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
     for key, dim in space.search.items():
         if key in space.fixed:
             raise ConfigError(f"{where}: search.{key}: also given in 'fixed'; keep one")
-        for cond in (dim.when or {}):
+        for cond, want in (dim.when or {}).items():
             if cond not in space.search:
                 raise ConfigError(f"{where}: search.{key}.when: {cond!r} is not a searched "
                                   f"dimension; allowed: {', '.join(space.search)}")
-    # every key must resolve into a valid TrialConfig (and valid family params), each value
-    # tried together with the values its 'when' clause needs
-    try:
-        for key, dim in space.search.items():
-            values = dim.choices if dim.type == "categorical" else [dim.first()]
-            for v in values:
-                sample = {c: (w[0] if isinstance(w, list) else w)
-                          for c, w in (dim.when or {}).items()}
-                sample[key] = v
+            other = space.search[cond]
+            for w in (want if isinstance(want, list) else [want]):
+                if not other.admits(w):
+                    can = (f"one of {other.choices}" if other.type == "categorical" else
+                           f"in [{other.low}, {other.high}]")
+                    raise ConfigError(f"{where}: search.{key}.when: {cond} = {w!r} can never "
+                                      f"be sampled ({cond} is {can}), so {key} would never "
+                                      "be searched")
+    # every key must resolve into a valid TrialConfig (and valid family params): each choice
+    # or both ends of a range, tried together with the values its 'when' clause needs
+    for key, dim in space.search.items():
+        for i, v in enumerate(dim.ends()):
+            what = (f"search.{key}.choices[{i}]={v!r}" if dim.type == "categorical" else
+                    f"search.{key}.{('low', 'high')[i]}={v!r}")
+            sample = {c: (w[0] if isinstance(w, list) else w)
+                      for c, w in (dim.when or {}).items()}
+            sample[key] = v
+            try:
                 cfg = space.resolve({k: encode_choice(x) for k, x in sample.items()})
                 if check_registries:
                     _check_family(cfg)
-        if not space.search:
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {what} is not a valid value: {e}") from None
+    if not space.search:
+        try:
             cfg = space.resolve({})
             if check_registries:
                 _check_family(cfg)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return space
 
 
@@ -268,9 +307,9 @@ def _suggest_one(trial: Any, key: str, dim: Dimension) -> Any:
     if dim.type == "categorical":
         return trial.suggest_categorical(key, [encode_choice(c) for c in dim.choices])
     if dim.type in ("int", "logint"):
-        return trial.suggest_int(key, int(dim.low), int(dim.high), step=int(dim.step or 1),
-                                 log=dim.type == "logint")
+        return trial.suggest_int(key, int(dim.low), int(dim.high),  # type: ignore[arg-type]
+                                 step=int(dim.step or 1), log=dim.type == "logint")
     if dim.type == "loguniform":
         return trial.suggest_float(key, dim.low, dim.high, log=True)
-    return trial.suggest_float(key, dim.low, dim.high, step=dim.step)
+    return trial.suggest_float(key, dim.low, dim.high, step=dim.step)  # step divides (validated)
 

@@ -8,8 +8,11 @@ runs). ``--resume`` restores the newest unfinished search of the same space name
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -172,20 +175,22 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    tracker, base_cfg, overrides = preflight(space, opts)
     results = Path(opts.results_dir).resolve()
     storage = results / "ray"
+    resume_path = None
+    if opts.resume:  # the stored search decides its options; a conflicting flag is an error
+        resume_path, meta = _resumable(storage, space.name)
+        opts = _resume_options(space, opts, meta, resume_path.name)
+    tracker, base_cfg, overrides = preflight(space, opts)
     storage.mkdir(parents=True, exist_ok=True)
 
     import optuna
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    from hpsearch.search.callbacks import MLflowTrialCallback
+    from hpsearch.search.callbacks import MLflowTrialCallback, finish_open_trials
     from hpsearch.train.driver import sweep_staging
-    from hpsearch.train.worker import BASE_KEY, STORAGE_KEY, tune_trainable
+    from hpsearch.train.worker import tune_trainable
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not ray.is_initialized():
@@ -208,13 +213,12 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     max_conc = _max_concurrent(space, opts, need)
     trainable = tune.with_resources(tune_trainable, {k: v for k, v in per_trial.items() if v})
 
-    resume_path = _latest_resumable(storage, space.name) if opts.resume else None
-    if opts.resume and resume_path is None:
-        raise HpsearchError(f"--resume: no earlier search named {space.name!r} under {storage}")
-    search_id = (resume_path.name if resume_path
-                 else f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    search_dir = resume_path or _new_search_dir(storage, space.name)
+    search_id = search_dir.name
     num_samples = opts.num_samples or space.budget.num_samples
     max_epochs = base_cfg.optim.epochs
+    if resume_path is None:
+        _write_meta(search_dir, _search_meta(space, opts, tracker, num_samples, max_epochs))
     parent = tracker.search_run(search_id, search_id, tags={
         "family": space.family, "dataset": space.dataset, "metric": space.metric},
         params={"space": space.name, "num_samples": num_samples, "max_epochs": max_epochs,
@@ -222,77 +226,111 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
                 "sampler.seed": space.sampler.seed if opts.seed is None else opts.seed,
                 "max_concurrent": max_conc, **{f"search.{k}": v.model_dump_json(exclude_none=True)
                                                for k, v in space.search.items()}})
-    callback = MLflowTrialCallback(tracker.uri, tracker.experiment_name, search_id, parent,
-                                   family=space.family, dataset=space.dataset,
-                                   max_epochs=max_epochs)
-    if resume_path is not None:
-        tuner = tune.Tuner.restore(str(resume_path), trainable=trainable,
-                                   resume_unfinished=True, resume_errored=True)
-    else:
-        base = space.base_tree(overrides)
-        constants = {BASE_KEY: base, STORAGE_KEY: str(storage / "train")}
-        seed = space.sampler.seed if opts.seed is None else opts.seed
-        if space.sampler.type == "tpe":
-            sampler = optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=space.sampler.n_startup_trials,
-                multivariate=space.sampler.multivariate)
-        else:
-            sampler = optuna.samplers.RandomSampler(seed=seed)
-
-        searcher = OptunaSearch(space=DefineByRun(space, constants), metric=space.metric,
-                                mode=space.mode, sampler=sampler)
-        if space.scheduler == "asha":
-            # "epoch" (not training_iteration) so rungs stay in epochs with optim.eval_every > 1
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
-                                      grace_period=min(space.budget.grace_period, max_epochs),
-                                      reduction_factor=space.budget.reduction_factor)
-        else:
-            scheduler = FIFOScheduler()
-        reporter = tune.CLIReporter(
-            metric_columns={"epoch": "ep", space.metric: space.metric,
-                            "train_loss": "loss"},
-            # conditional dimensions are absent from some trials' configs, and Tune's reporter
-            # raises KeyError on a missing column: show only unconditional ones
-            parameter_columns=[k for k, d in space.search.items() if not d.when][:6],
-            max_report_frequency=15,
-            sort_by_metric=True)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
-                                        search_alg=searcher, scheduler=scheduler,
-                                        num_samples=num_samples, max_concurrent_trials=max_conc,
-                                        time_budget_s=space.budget.time_budget_s),
-            run_config=tune.RunConfig(
-                name=search_id, storage_path=str(storage), callbacks=[callback],
-                progress_reporter=reporter, verbose=opts.verbose,
-                failure_config=tune.FailureConfig(max_failures=r.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
-        )
-    with _interruptible() as interrupt:
-        grid = tuner.fit()
-    sweep_staging()  # checkpoint dirs of trials killed on this node while reporting
-    unfinished = _close_unfinished(tracker, search_id)
-    errors = grid.num_errors
-    stopped = sum(1 for res in grid
-                  if res.metrics and res.metrics.get("epoch", max_epochs) < max_epochs
-                  and res.error is None)
-    best = None
     try:
-        b = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
-        best = {"metric": space.metric,  # best epoch of the best trial, not its last one
-                "value": b.metrics.get(f"best_{space.metric}", b.metrics.get(space.metric)),
-                "config": {k: v for k, v in b.config.items() if not k.startswith("__")},
-                "trial_id": b.metrics.get("trial_id")}
-    except Exception:  # noqa: BLE001 - no successful trial
+        callback = MLflowTrialCallback(tracker.uri, tracker.experiment_name, search_id, parent,
+                                       family=space.family, dataset=space.dataset,
+                                       max_epochs=max_epochs)
+        if resume_path is not None:
+            tuner = tune.Tuner.restore(str(resume_path), trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = _new_tuner(space, opts, trainable, callback, search_id, storage, overrides,
+                               num_samples, max_epochs, max_conc)
+        with _interruptible() as interrupt:
+            grid = tuner.fit()
+        sweep_staging()  # checkpoint dirs of trials killed on this node while reporting
+        if interrupt.seen:  # resumable: the runs reopen with --resume
+            unfinished = _close_unfinished(tracker, search_id)
+        else:  # Tune ended them (time_budget_s): finished runs, with their checkpoints
+            unfinished = 0
+            finish_open_trials(tracker, search_id, grid, stopped_by=(
+                "time_budget" if space.budget.time_budget_s else "tune"))
+            _write_meta(search_dir, {**_read_meta(search_dir), "finished": True})
+        errors = grid.num_errors
+        stopped = tracker.count_runs(search_id=search_id, role="trial", stopped_early="true")
         best = None
-    tracker.log_metrics(parent, {"num_trials": len(grid), "num_errors": errors,
-                                 "num_stopped_early": stopped,
-                                 **({f"best_{space.metric}": best["value"]} if best and
-                                    best["value"] is not None else {})}, step=0)
-    tracker.end_run(parent, "KILLED" if interrupt.seen or unfinished else
-                    "FINISHED" if errors < len(grid) else "FAILED")
-    return SearchOutcome(search_id, tracker.experiment_name, tracker.uri, parent, len(grid),
-                         errors, stopped, best, time.time() - t0, unfinished, interrupt.seen)
+        try:
+            b = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+            best = {"metric": space.metric,  # best epoch of the best trial, not its last one
+                    "value": b.metrics.get(f"best_{space.metric}", b.metrics.get(space.metric)),
+                    "config": {k: v for k, v in b.config.items() if not k.startswith("__")},
+                    "trial_id": b.metrics.get("trial_id")}
+        except Exception:  # noqa: BLE001 - no successful trial
+            best = None
+        tracker.log_metrics(parent, {"num_trials": len(grid), "num_errors": errors,
+                                     "num_stopped_early": stopped,
+                                     **({f"best_{space.metric}": best["value"]} if best and
+                                        best["value"] is not None else {})}, step=0)
+        tracker.end_run(parent, "KILLED" if interrupt.seen else
+                        "FINISHED" if errors < len(grid) else "FAILED")
+        return SearchOutcome(search_id, tracker.experiment_name, tracker.uri, parent, len(grid),
+                             errors, stopped, best, time.time() - t0, unfinished, interrupt.seen)
+    except BaseException as e:
+        # whatever escapes fit (a callback, the searcher, the store, a second Ctrl+C) must not
+        # leave the search's runs RUNNING forever
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        with contextlib.suppress(Exception):
+            for rid in tracker.open_trial_runs(search_id):
+                tracker.end_run(rid, status)
+            tracker.set_tags(parent, {"error": f"{type(e).__name__}: {e}"[:4000]})
+            tracker.end_run(parent, status)
+        raise
+
+
+def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback: Any,
+               search_id: str, storage: Path, overrides: dict[str, Any], num_samples: int,
+               max_epochs: int, max_conc: int) -> Any:
+    """The ``tune.Tuner`` of a new search: seeded Optuna sampler, ASHA or FIFO, the MLflow
+    callback, checkpoints kept per trial."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from hpsearch.train.worker import BASE_KEY, STORAGE_KEY
+
+    base = space.base_tree(overrides)
+    constants = {BASE_KEY: base, STORAGE_KEY: str(storage / "train")}
+    seed = space.sampler.seed if opts.seed is None else opts.seed
+    if space.sampler.type == "tpe":
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=space.sampler.n_startup_trials,
+            multivariate=space.sampler.multivariate)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+
+    searcher = OptunaSearch(space=DefineByRun(space, constants), metric=space.metric,
+                            mode=space.mode, sampler=sampler)
+    if space.scheduler == "asha":
+        # "epoch" (not training_iteration) so rungs stay in epochs with optim.eval_every > 1
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
+                                  grace_period=min(space.budget.grace_period, max_epochs),
+                                  reduction_factor=space.budget.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    reporter = tune.CLIReporter(
+        metric_columns={"epoch": "ep", space.metric: space.metric,
+                        "train_loss": "loss"},
+        # conditional dimensions are absent from some trials' configs, and Tune's reporter
+        # raises KeyError on a missing column: show only unconditional ones
+        parameter_columns=[k for k, d in space.search.items() if not d.when][:6],
+        max_report_frequency=15,
+        sort_by_metric=True)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
+                                    search_alg=searcher, scheduler=scheduler,
+                                    num_samples=num_samples, max_concurrent_trials=max_conc,
+                                    time_budget_s=space.budget.time_budget_s,
+                                    trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(
+            name=search_id, storage_path=str(storage), callbacks=[callback],
+            progress_reporter=reporter, verbose=opts.verbose,
+            failure_config=tune.FailureConfig(max_failures=space.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
+    return tuner
 
 
 @dataclass
@@ -353,12 +391,102 @@ def search_tracker(uri: str, experiment: str, results_dir: str | Path) -> Tracke
     return Tracker(uri, experiment, artifact_root=Path(results_dir) / "mlruns" if local else None)
 
 
-def _latest_resumable(storage: Path, name: str) -> Path | None:
+def trial_name(trial: Any) -> str:
+    """Trial name and directory: ``tune_trainable_<id>``. Tune's default appends the config,
+    which here is the constants every trial shares (the sampled values live in Optuna), so
+    it only made names long, not distinguishable. Module-level: Tune pickles it to resume."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+SEARCH_META = "hpsearch-search.json"  # in the search's Ray dir: the options it was started with
+# the options a resumed search takes from its start (Tune restores the trials, the searcher
+# and the callbacks as they were pickled; different values would be silently ignored)
+RESUME_KEYS = ("experiment", "tracking_uri", "num_samples", "max_epochs", "seed", "data_root")
+
+
+def _search_id_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(name)}-\d{{8}}-\d{{6}}(?:-\d+)?")
+
+
+def _new_search_dir(storage: Path, name: str) -> Path:
+    """Claim ``<name>-<YYYYmmdd-HHMMSS>[-n]`` atomically: two searches of one space started
+    in the same second into one results dir get two ids, not one shared Ray dir and run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        d = storage / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+        try:
+            d.mkdir(parents=True)
+            return d
+        except FileExistsError:
+            continue
+    raise HpsearchError(f"could not create a new search directory under {storage}")
+
+
+def _search_meta(space: SearchSpace, opts: SearchOptions, tracker: Tracker,
+                 num_samples: int, max_epochs: int) -> dict[str, Any]:
+    return {"space": space.name, "space_json": space.model_dump_json(),
+            "experiment": tracker.experiment_name, "tracking_uri": tracker.uri,
+            "num_samples": num_samples, "max_epochs": max_epochs,
+            "seed": space.sampler.seed if opts.seed is None else opts.seed,
+            "data_root": (str(Path(opts.data_root).resolve()) if opts.data_root else None),
+            "finished": False}
+
+
+def _write_meta(search_dir: Path, meta: dict[str, Any]) -> None:
+    tmp = search_dir / (SEARCH_META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(search_dir / SEARCH_META)
+
+
+def _read_meta(search_dir: Path) -> dict[str, Any]:
+    f = search_dir / SEARCH_META
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def _resumable(storage: Path, name: str) -> tuple[Path, dict[str, Any]]:
+    """The newest unfinished search of space ``name`` under ``storage`` and its stored options.
+
+    Only ids of exactly this space match (``demo`` does not pick up ``demo-x-<stamp>``); a
+    search that ended (all trials done, or its time budget spent) is not resumed."""
     from ray import tune
 
-    cands = sorted((p for p in storage.glob(f"{name}-*") if p.is_dir()),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
+    pat = _search_id_pattern(name)
+    cands = sorted((p for p in storage.glob(f"{name}-*") if p.is_dir() and pat.fullmatch(p.name)),
+                   key=lambda p: p.stat().st_mtime, reverse=True) if storage.is_dir() else []
+    done = []
     for p in cands:
-        if tune.Tuner.can_restore(str(p)):
-            return p
-    return None
+        meta = _read_meta(p)
+        if meta.get("finished"):
+            done.append(p.name)
+        elif tune.Tuner.can_restore(str(p)):
+            return p, meta
+    if done:
+        raise ConfigError(f"--resume: every search named {name!r} under {storage} has finished "
+                          f"(newest: {done[0]}); start a new one without --resume")
+    raise ConfigError(f"--resume: no earlier search named {name!r} under {storage}; start one "
+                      "without --resume (or pass the --results-dir it used)")
+
+
+def _resume_options(space: SearchSpace, opts: SearchOptions, meta: dict[str, Any],
+                    search_id: str) -> SearchOptions:
+    """Options of a resumed search: the stored ones. A flag that asks for something else, or
+    an edited space file, is refused instead of being silently ignored."""
+    if not meta:  # started before options were stored: nothing to check against
+        return opts
+    if meta.get("space_json") not in (None, space.model_dump_json()):
+        raise ConfigError(f"--resume: the space file changed since {search_id} started; a "
+                          "resumed search runs the space it started with: restore the file "
+                          "or start a new search without --resume")
+    asked = {"experiment": opts.experiment, "tracking_uri": opts.tracking_uri,
+             "num_samples": opts.num_samples, "max_epochs": opts.max_epochs, "seed": opts.seed,
+             "data_root": str(Path(opts.data_root).resolve()) if opts.data_root else None}
+    for key in RESUME_KEYS:
+        if asked[key] is not None and key in meta and asked[key] != meta[key]:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"--resume: {search_id} was started with {flag} {meta[key]}; "
+                              f"it cannot continue with {flag} {asked[key]} (drop the flag, "
+                              "or start a new search without --resume)")
+    return dataclasses.replace(opts, **{
+        "experiment": meta.get("experiment"), "tracking_uri": meta.get("tracking_uri"),
+        "num_samples": meta.get("num_samples"), "max_epochs": meta.get("max_epochs"),
+        "seed": meta.get("seed"), "data_root": meta.get("data_root")})
