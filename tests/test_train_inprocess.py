@@ -76,6 +76,16 @@ def test_trial_trains_checkpoints_and_resumes(tmp_path):
     assert table[0].startswith("level,label,train_count") and len(table) == 1 + 2 + 4 + 8
     state = load_checkpoint(tmp_path / "ck")
     assert state["epoch"] == 2 and state["best"]["epoch"] == best.epoch
+    # best.pt holds weights (no optimizer state: checkpoint.pt has that) and still restores
+    import torch
+
+    from hpsearch.train.driver import experiment_from_checkpoint
+
+    best_pt = torch.load(tmp_path / "ck" / "best.pt", map_location="cpu", weights_only=False)
+    assert "optimizer" not in best_pt["experiment"] and "optimizer" in state["experiment"]
+    exp = experiment_from_checkpoint(tmp_path / "ck")
+    for k, v in exp.model.state_dict().items():
+        assert torch.equal(v, best_pt["experiment"]["model"][k]), k
     # continue the same trial to 5 epochs: only epochs 4 and 5 run
     cfg5 = cfg.replace(optim__epochs=5)
     rep2 = DirectoryReporter(tmp_path / "ck")

@@ -256,7 +256,8 @@ class LabelEmbeddingExperiment:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer") is not None:  # absent from best.pt (inference state)
+            self.optimizer.load_state_dict(state["optimizer"])
         if isinstance(self.optimizer, geoopt.optim.RiemannianAdam):
             # torch turns the int "step" into a float32 tensor on load; geoopt's bias correction
             # then rounds differently and a resumed run drifts from the uninterrupted one

@@ -523,7 +523,11 @@ class JointEmbeddingExperiment:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        for o, st in zip(self.optimizers, state["optimizers"], strict=True):
+        opt_states = state.get("optimizers")  # absent from best.pt (inference state)
+        for o, st in zip(self.optimizers, opt_states or [None] * len(self.optimizers),
+                         strict=True):
+            if st is None:
+                continue
             o.load_state_dict(st)
             if isinstance(o, geoopt.optim.RiemannianAdam):
                 # torch turns the int "step" into a tensor on load; geoopt's bias correction
