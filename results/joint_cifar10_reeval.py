@@ -1,6 +1,5 @@
 """Re-evaluate the selected joint runs' best checkpoints on test with the metrics the joint
 experiment logs since this session (accuracy, mistake severity, path consistency)."""
-import sys
 from pathlib import Path
 
 from hpsearch.tracking import Tracker
