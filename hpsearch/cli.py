@@ -125,20 +125,12 @@ def cmd_best(args: argparse.Namespace) -> int:
 def run_experiment(t, run_id: str, tmp: str):
     """(run, experiment restored at the run's best epoch): from the checkpoint directory Ray
     left on disk, else from the ``checkpoint/best.pt`` artifact uploaded at the trial's end."""
-    from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE, experiment_from_checkpoint
+    from hpsearch.train.driver import experiment_from_checkpoint
 
     run = t.get_run(run_id)
     if run.data.tags.get("hpsearch.role") != "trial":
         raise HpsearchError(f"run {run_id} is not a trial run of an hpsearch search")
-    ckpt = run.data.tags.get("hpsearch.checkpoint")
-    if not ckpt or not (Path(ckpt) / CHECKPOINT_FILE).exists():
-        try:
-            t.download(run_id, f"checkpoint/{BEST_FILE}", tmp)
-        except Exception as e:  # noqa: BLE001
-            raise HpsearchError(f"run {run_id} has no checkpoint on disk or in its "
-                                f"artifacts: {str(e).splitlines()[0][:160]}") from None
-        ckpt = str(Path(tmp) / "checkpoint")
-    return run, experiment_from_checkpoint(Path(ckpt))
+    return run, experiment_from_checkpoint(t.checkpoint_dir(run_id, tmp))
 
 
 def export_run(t, run_id: str, out: Path) -> Path:
@@ -147,7 +139,7 @@ def export_run(t, run_id: str, out: Path) -> Path:
 
     with tempfile.TemporaryDirectory() as tmp:
         run, exp = run_experiment(t, run_id, tmp)
-        m = run.data.metrics
+        m = t.best_epoch_metrics(run)  # the exported weights' epoch, not the last one
         return write_bundle(exp, out, extra={"run_id": run_id, "metrics": {
             k: v for k, v in m.items() if k.startswith(("val_", "test_", "best_"))}})
 
@@ -257,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                                 f"{args.experiment!r}")
     extra = [k.strip() for k in args.extra.split(",") if k.strip()]
     for r in runs:
-        m, p = r.data.metrics, r.data.params
+        m, p = t.best_epoch_metrics(r), r.data.params  # val_* of the reported (best) epoch
         levels = sorted(int(k.rsplit("_", 1)[1]) for k in m
                         if k.startswith(f"{args.split}_micro_f1_level_"))
         sizes, names = _levels_of(r, len(levels))

@@ -181,15 +181,19 @@ class Tracker:
         ckpt = run.data.tags.get(f"{TAG}checkpoint")
         if ckpt and (Path(ckpt) / CHECKPOINT_FILE).exists():
             return Path(ckpt)
-        out = Path(dst) / run_id
-        if not (out / "checkpoint" / BEST_FILE).exists():
+        out = Path(dst) / run_id / "checkpoint"
+        if not (out / BEST_FILE).exists():
             out.mkdir(parents=True, exist_ok=True)
             try:
-                self.download(run_id, f"checkpoint/{BEST_FILE}", out)
+                got = self.download(run_id, f"checkpoint/{BEST_FILE}", out)
             except Exception as e:  # noqa: BLE001
                 raise TrackingError(f"run {run_id} has no checkpoint on disk or in its "
                                     f"artifacts: {str(e).splitlines()[0][:160]}") from None
-        return out / "checkpoint"
+            # MLflow 3 puts a single downloaded file straight into dst (older versions kept
+            # its artifact path below dst): take the path it returns, whichever it is
+            if got.resolve() != (out / BEST_FILE).resolve():
+                os.replace(got, out / BEST_FILE)
+        return out
 
     def resolve_run_ref(self, ref: str, dst: str | Path) -> Path:
         """``mlflow:RUN_ID`` or ``mlflow:EXPERIMENT/METRIC[/min]`` (the best trial run of that
@@ -230,6 +234,22 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             raise TrackingError(f"no MLflow run {run_id!r} at {self.uri}: "
                                 f"{str(e).splitlines()[0][:160]}") from None
+
+    def best_epoch_metrics(self, run: Any) -> dict[str, float]:
+        """The run's metrics as of its best evaluated epoch (the weights its checkpoint, export
+        and ``test_*`` values are from): ``val_*`` and ``train_*`` are read from their history at
+        step ``best_epoch``; the run's latest values are those of its last epoch."""
+        m = dict(run.data.metrics)
+        step = m.get("best_epoch")
+        if step is None:
+            return m
+        for key in [k for k in m if k.startswith(("val_", "train_"))]:
+            hist = self.client.get_metric_history(run.info.run_id, key)
+            at = [h.value for h in hist if h.step == int(step)]
+            if at:
+                m[key] = at[-1]
+        m["epoch"] = float(step)
+        return m
 
     def open_trial_runs(self, search_id: str) -> list[str]:
         """Ids of this search's trial runs still marked RUNNING in MLflow."""

@@ -205,6 +205,12 @@ def test_time_budget_ends_trials_finished_with_exportable_checkpoints(tmp_path):
                                    )[0][0].removeprefix("file://"))
         assert (art / "checkpoint" / "best.pt").exists()
     assert (tmp_path / "b" / "manifest.json").exists()
+    # Ray's directories gone (cleaned up, another machine): export reads the MLflow artifact
+    (res / "ray").rename(tmp_path / "ray-moved")
+    ex = cli("export", by_budget[0], "--out", str(tmp_path / "b2"), "--results-dir", str(res),
+             cwd=tmp_path)
+    assert ex.returncode == 0, ex.stderr
+    assert json.loads((tmp_path / "b2" / "manifest.json").read_text())["run_id"] == by_budget[0]
     parent = mlflow_rows(db, "select r.status from runs r join tags t on t.run_uuid = "
                              "r.run_uuid where t.key = 'hpsearch.role' and t.value = 'search'")
     assert parent == [("FINISHED",)]

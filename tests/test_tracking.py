@@ -52,3 +52,44 @@ def test_search_tracker_stores_artifacts_and_closes_open_runs(tmp_path, monkeypa
     # --resume reopens the same run
     again, created = t.trial_run(parent, "s-1", "t-1", name="t-1", tags={})
     assert (again, created) == (rid, False) and t.open_trial_runs("s-1") == [rid]
+
+
+@pytest.mark.parametrize("store", ["sqlite", "file"])
+def test_checkpoint_dir_falls_back_to_the_uploaded_artifact(tmp_path, monkeypatch, store):
+    """Once Ray's checkpoint directory is gone, export/hedge-curve/``mlflow:`` references read
+    the ``checkpoint/best.pt`` artifact: the returned directory must hold ``best.pt``."""
+    results = tmp_path / "results"
+    results.mkdir()
+    if store == "file":
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = (results / "mlruns").resolve().as_uri()
+    else:
+        uri = default_tracking_uri(results)
+    t = search_tracker(uri, "exp", results)
+    parent = t.search_run("s-1", "s-1", tags={}, params={})
+    rid, _ = t.trial_run(parent, "s-1", "t-1", name="t-1", tags={})
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "best.pt").write_bytes(b"weights")
+    t.log_artifacts(rid, art, "checkpoint")
+    t.set_tags(rid, {"checkpoint": str(tmp_path / "ray-dir-that-was-deleted")})
+    d = t.checkpoint_dir(rid, tmp_path / "dl")
+    assert (d / "best.pt").read_bytes() == b"weights"
+    assert t.checkpoint_dir(rid, tmp_path / "dl") == d  # second call: already there
+    assert (t.resolve_run_ref(f"mlflow:{rid}", tmp_path / "dl2") / "best.pt").exists()
+
+
+def test_best_epoch_metrics_read_val_at_the_best_epoch(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    t = search_tracker(default_tracking_uri(results), "exp", results)
+    parent = t.search_run("s-1", "s-1", tags={}, params={})
+    rid, _ = t.trial_run(parent, "s-1", "t-1", name="t-1", tags={})
+    for step, val, best in ((1, 0.5, 1), (2, 0.9, 2), (3, 0.7, 2)):
+        t.log_metrics(rid, {"val_micro_f1": val, "train_loss": 1.0 / step,
+                            "best_epoch": best, "test_micro_f1": 0.8}, step=step)
+    run = t.get_run(rid)
+    assert run.data.metrics["val_micro_f1"] == 0.7  # MLflow's latest value: the last epoch
+    m = t.best_epoch_metrics(run)
+    assert m["val_micro_f1"] == 0.9 and m["train_loss"] == 0.5 and m["epoch"] == 2
+    assert m["test_micro_f1"] == 0.8
