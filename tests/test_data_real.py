@@ -242,6 +242,13 @@ def test_cifar10_pickles_pooled_split(tmp_path):
     assert [len(std.train), len(std.val), len(std.test)] == [80, 20, 20]
 
 
+def _replace_image(path: Path, rgb: tuple[int, int, int], size: int = 20) -> None:
+    """New pixels under the same file name, with an mtime that surely differs."""
+    st = path.stat()
+    jpeg(path, rgb, size=size)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
 def test_cifar10_jpeg_folder_and_archive(tmp_path):
     colours = {"cat": (250, 10, 10), "ship": (10, 10, 250), "frog": (10, 250, 10)}
     for split, n in (("train", 4), ("test", 1)):
@@ -265,6 +272,12 @@ def test_cifar10_jpeg_folder_and_archive(tmp_path):
     assert [len(ar.train), len(ar.val), len(ar.test)] == [6, 3, 6]
     assert np.array_equal(np.asarray(ar.train.level_labels), np.asarray(ds.train.level_labels))
     assert np.abs(np.asarray(ar.train.images, float) - np.asarray(ds.train.images)).max() < 1
+    # an image replaced under the same name: the cache rebuilds, no stale pixels
+    _replace_image(tmp_path / "jpg" / "test" / "cat" / "0000.jpg", colours["ship"], size=32)
+    again = load_dataset(cfg)
+    split = next(x for x in (again.train, again.val, again.test) if "test/cat/0000.jpg" in x.ids)
+    row = split.ids.index("test/cat/0000.jpg")
+    assert np.abs(mean_rgb(split.images[row]) - colours["ship"]).max() < 6
     (tmp_path / "jpg" / "train" / "unicorn").mkdir()
     with pytest.raises(DataError, match="unicorn"):
         load_dataset(cfg.model_copy(update={"image_size": 8}))
@@ -396,6 +409,16 @@ def test_image_folder_with_hierarchy(tmp_path):
         cls = h.names[h.offsets[1] + int(lab[1])]
         assert np.abs(mean_rgb(img) - colours[cls]).max() < 6
         assert h.names[int(lab[0])] == ("flower" if cls == "rose" else "tree")
+    # the cache follows the files: an image replaced under the same name, and an image
+    # moved to another class folder (same row count, same names elsewhere)
+    _replace_image(root / "test" / "oak" / "1.png", colours["pine"])
+    (root / "test" / "oak" / "0.jpg").rename(root / "test" / "rose" / "x.jpg")
+    again = load_dataset(cfg)
+    ids = list(again.test.ids)
+    for rel, cls, rgb in (("test/oak/1.png", "oak", "pine"), ("test/rose/x.jpg", "rose", "oak")):
+        i = ids.index(rel)
+        assert h.names[h.offsets[1] + int(again.test.level_labels[i][1])] == cls
+        assert np.abs(mean_rgb(again.test.images[i]) - colours[rgb]).max() < 6, rel
     flat = load_dataset(cfg.model_copy(update={"params": {"cache_dir": str(tmp_path / "c")}}))
     assert flat.hierarchy.level_sizes == (3,)
     hf.write_text("oak tree\npine tree\n")

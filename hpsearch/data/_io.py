@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -44,6 +45,20 @@ def fingerprint(path: str | Path) -> list[Any]:
     p = Path(path).resolve()
     st = p.stat()
     return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def files_stamp(paths: Iterable[str | Path]) -> str | None:
+    """A digest of every file's size and mtime, or ``None`` if one is missing: a cache keyed
+    on file names alone would keep serving the old pixels after an image is replaced or moved
+    to another class folder (see ``cached_image_array(stamp=...)``)."""
+    h = hashlib.sha1()
+    for f in paths:
+        try:
+            st = os.stat(f)
+        except FileNotFoundError:
+            return None
+        h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
 
 
 def require_file(path: str | Path, what: str) -> Path:

@@ -84,6 +84,7 @@ def cached_image_array(
     cache: Path,
     name: str = "images",
     workers: int | None = None,
+    stamp: Callable[[], str | None] | None = None,
 ) -> np.memmap:
     """Decode (once) and memory-map a uint8 ``[N, size, size, C]`` image array.
 
@@ -97,6 +98,11 @@ def cached_image_array(
         cache: the cache root (see :func:`cache_root`).
         name: entry-name prefix, for humans browsing the cache.
         workers: decoding threads (default: all CPUs, at most 16).
+        stamp: digest of the source files' sizes and mtimes (see
+            :func:`hpsearch.data._io.files_stamp`), ``None`` when some are absent. Stored with
+            the entry; a different stamp rebuilds it (an image replaced or moved to another
+            class keeps its name, so the key alone would serve the old pixels). When the
+            files are gone the entry is used as it is: a node may hold only the cache.
 
     Returns:
         ``np.load(<entry>/images.npy, mmap_mode="r")``.
@@ -105,11 +111,18 @@ def cached_image_array(
         DataError: an image is missing or cannot be decoded (names the file).
     """
     d = entry_dir(name, key_parts, cache)
-    final = d / "images.npy"
-    if final.is_file():
+    final, stamp_file = d / "images.npy", d / "stamp.txt"
+    now = stamp() if stamp is not None else None
+
+    def fresh() -> bool:
+        if not final.is_file():
+            return False
+        return now is None or (stamp_file.is_file() and stamp_file.read_text() == now)
+
+    if fresh():
         return np.load(final, mmap_mode="r")
     with locked(d / ".lock"):
-        if final.is_file():  # another process finished it while we waited
+        if fresh():  # another process finished it while we waited
             return np.load(final, mmap_mode="r")
         for stale in d.glob("images.tmp-*.npy"):  # left by a killed build; we hold the lock
             stale.unlink(missing_ok=True)
@@ -123,10 +136,13 @@ def cached_image_array(
                     raise ValueError("size is required when decoding image files")
                 items = [p if isinstance(p, Encoded) else Path(p) for p in src]
                 _write_from_paths(tmp, items, size, workers)
+            stamp_file.unlink(missing_ok=True)  # never a new stamp beside old pixels
             os.replace(tmp, final)
         finally:
             if tmp.exists():
                 tmp.unlink()
+        if now is not None:
+            stamp_file.write_text(now)
         (d / "key.json").write_text(json.dumps(key_parts, default=str)[:100_000])
     return np.load(final, mmap_mode="r")
 

@@ -29,6 +29,7 @@ from hpsearch.config import DataConfig
 from hpsearch.data._io import (
     check_params,
     contiguous_splits,
+    files_stamp,
     fingerprint,
     leaf_level_labels,
     require_file,
@@ -84,6 +85,8 @@ class _Raw:
     key: list  # fingerprint of the inputs
     loader: Callable[[np.ndarray], np.ndarray | list]  # row selection -> arrays or items
     extra: dict  # e.g. coarse labels / class names of CIFAR-100
+    # row selection -> digest of the source files (image folders; see cached_image_array)
+    stamp: Callable[[np.ndarray], str | None] | None = None
 
 
 def _unpickle(path: Path) -> dict:
@@ -165,7 +168,8 @@ def _raw_folder(root: Path, classes: tuple[str, ...]) -> _Raw:
     ids = [str(p.relative_to(root)) for p in items]
     key = [str(root.resolve()), [fingerprint(root / s) for s in ("train", "test")]]
     return _Raw(np.asarray(labels), np.asarray(origin), ids, key,
-                lambda idx: [items[i] for i in idx], {})
+                lambda idx: [items[i] for i in idx], {},
+                stamp=lambda idx: files_stamp(items[i] for i in idx))
 
 
 _ARCHIVE_BYTES: dict[str, dict[str, bytes]] = {}  # members of the archive read last
@@ -328,7 +332,8 @@ def build_from_raw(
     key = {"dataset": name, "src": raw.key, "rows": cache_key(rows.tolist()), "size": size}
     try:
         images = cached_image_array(key, lambda: raw.loader(rows), size, cache=_cache(cfg, p),
-                                    name=name, workers=p["workers"])
+                                    name=name, workers=p["workers"],
+                                    stamp=(lambda: raw.stamp(rows)) if raw.stamp else None)
     finally:
         _release()
     ids = [raw.ids[i] for i in rows]

@@ -30,6 +30,7 @@ from hpsearch.data._io import (
     as_path_list,
     check_params,
     contiguous_splits,
+    files_stamp,
     fingerprint,
     require_dir,
     require_file,
@@ -237,7 +238,8 @@ def build_ethec(cfg: DataConfig) -> HierDataset:
            "meta": [fingerprint(f) for f in plan.files]}
     images = cached_image_array(key, [img_dir / r for r in rel], size,
                                 cache=cache_root(cfg.root, p["cache_dir"]), name="ethec",
-                                workers=p["workers"])
+                                workers=p["workers"],
+                                stamp=lambda: files_stamp(img_dir / r for r in rel))
     labels = encode_level_labels(plan.hierarchy, (ethec_label_path(r) for r in recs))
     out = contiguous_splits(images, labels, [len(s) for s in plan.splits], rel)
     return HierDataset(

@@ -22,6 +22,7 @@ from hpsearch.config import DataConfig
 from hpsearch.data._io import (
     check_params,
     contiguous_splits,
+    files_stamp,
     fingerprint,
     leaf_level_labels,
     require_dir,
@@ -116,7 +117,8 @@ def build_image_folder(cfg: DataConfig) -> HierDataset:
            "size": size, "hierarchy": hf}
     images = cached_image_array(key, [f for _, f in items], size,
                                 cache=cache_root(cfg.root, p["cache_dir"]), name="folder",
-                                workers=p["workers"])
+                                workers=p["workers"],
+                                stamp=lambda: files_stamp(f for _, f in items))
     out = contiguous_splits(images, labels, [len(s) for s in splits], rel)
     return HierDataset("image_folder", h, *out, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                        meta={"root": str(root), "size": size})
