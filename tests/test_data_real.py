@@ -455,3 +455,24 @@ def test_batched_decode_matches_the_per_image_decoder(tmp_path, monkeypatch):
         monkeypatch.setenv("HPSEARCH_DECODE_DEVICE", "cuda")
         with pytest.raises(DataError, match="no CUDA device"):
             decode_device()
+
+
+def test_a_full_disk_is_a_data_error_not_a_sigbus(tmp_path, monkeypatch):
+    """The cache reserves its bytes before writing through the memmap (a sparse file would
+    die with SIGBUS on a full disk): ENOSPC becomes a DataError naming the cache dir."""
+    import errno
+
+    from hpsearch.data.cache import cached_image_array
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    arr = np.zeros((4, 8, 8, 3), np.uint8)
+    with pytest.raises(DataError, match=r"cannot reserve .* MiB for the image cache in .*"
+                                        r"No space left on device.*cache_dir"):
+        cached_image_array(["full"], arr, None, cache=tmp_path / "c", name="t")
+    assert not list((tmp_path / "c").rglob("images*.npy"))  # nothing half-written left
+    monkeypatch.undo()
+    got = cached_image_array(["full"], arr, None, cache=tmp_path / "c", name="t")
+    assert got.shape == (4, 8, 8, 3)

@@ -167,13 +167,32 @@ def _write_from_array(tmp: Path, arr: np.ndarray, size: int | None) -> None:
         raise DataError(f"dataset loader returned {arr.dtype} {arr.shape}; expected uint8 "
                         "[N, H, W, C]")
     s_h, s_w = (arr.shape[1], arr.shape[2]) if size is None else (size, size)
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                    shape=(len(arr), s_h, s_w, arr.shape[3]))
+    out = _allocated_memmap(tmp, (len(arr), s_h, s_w, arr.shape[3]))
     for a in range(0, len(arr), 4 * CHUNK):
         out[a:a + 4 * CHUNK] = arr[a:a + 4 * CHUNK] if size is None \
             else resize_uint8(arr[a:a + 4 * CHUNK], size)
     out.flush()
     del out
+
+
+def _allocated_memmap(tmp: Path, shape: tuple[int, ...]) -> np.memmap:
+    """``open_memmap`` with its blocks reserved up front. A memmap is a sparse file: on a full
+    disk the first write to an unbacked page kills the process with SIGBUS and no message,
+    so reserve the bytes first and turn ENOSPC into a :class:`DataError` that says where."""
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        try:
+            with open(tmp, "r+b") as fh:
+                os.posix_fallocate(fh.fileno(), 0, os.path.getsize(tmp))
+        except OSError as e:
+            del out
+            tmp.unlink(missing_ok=True)
+            need = int(np.prod(shape))
+            raise DataError(f"cannot reserve {need / 2**20:.0f} MiB for the image cache in "
+                            f"{tmp.parent} ({e.strerror}); free space there, or point the "
+                            "cache elsewhere with data.params.cache_dir or $HPSEARCH_CACHE"
+                            ) from None
+    return out
 
 
 class Encoded(NamedTuple):
@@ -271,8 +290,7 @@ def _write_from_paths(
     if missing:
         raise DataError(f"{missing[0]}: image file not found ({len(missing)} of {len(paths)} "
                         "listed images are missing)")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                    shape=(len(paths), size, size, 3))
+    out = _allocated_memmap(tmp, (len(paths), size, size, 3))
     device = decode_device()
     if device != "cpu":
         for a in range(0, len(paths), CHUNK // 4):  # 128 images per nvJPEG batch
