@@ -93,25 +93,16 @@ def load_bundle(path: str | Path) -> Bundle:
 
 
 def read_images(paths: Sequence[str | Path], size: int, channels: int = 3) -> torch.Tensor:
-    """Decode image files (JPEG/PNG/...) with torchvision into uint8 ``[B, size, size, C]``."""
-    import torch.nn.functional as F
-    from torchvision.io import ImageReadMode, decode_image
+    """Decode image files into uint8 ``[B, size, size, C]`` exactly as the training cache does
+    (:func:`hpsearch.data.cache.decode_image`: same decoders, 16-bit scaling, resize)."""
+    from hpsearch.data.cache import decode_image
 
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     out = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise ExportError(f"image {path} does not exist")
-        try:
-            img = decode_image(str(path), mode=mode)  # [C, H, W] uint8
-        except Exception as e:  # noqa: BLE001
-            raise ExportError(f"cannot decode image {path}: {e}") from None
-        if img.shape[-2:] != (size, size):
-            img = F.interpolate(img[None].float(), size=(size, size), mode="bilinear",
-                                antialias=True, align_corners=False)[0]
-            img = img.round().clamp(0, 255).to(torch.uint8)
-        out.append(img.permute(1, 2, 0))
+        out.append(torch.from_numpy(decode_image(path, size, gray=channels == 1)))
     return torch.stack(out)
 
 

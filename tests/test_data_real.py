@@ -476,3 +476,28 @@ def test_a_full_disk_is_a_data_error_not_a_sigbus(tmp_path, monkeypatch):
     monkeypatch.undo()
     got = cached_image_array(["full"], arr, None, cache=tmp_path / "c", name="t")
     assert got.shape == (4, 8, 8, 3)
+
+
+def test_training_and_predict_decode_images_the_same_way(tmp_path):
+    """16-bit PNGs are rescaled (not wrapped modulo 256), BMP goes through PIL, and the
+    bundle's reader gives the very pixels the training cache stores."""
+    import torch
+
+    from hpsearch.bundle import read_images
+    from hpsearch.data.cache import decode_image
+
+    p16 = tmp_path / "deep.png"
+    Image.fromarray(np.full((10, 10), 107 * 257, np.uint16)).save(p16)
+    assert Image.open(p16).mode.startswith("I;16")
+    got = decode_image(p16, 6)
+    assert got.shape == (6, 6, 3) and np.abs(got.astype(int) - 107).max() <= 1
+    bmp = tmp_path / "x.bmp"
+    Image.fromarray(np.full((9, 7, 3), (20, 140, 230), np.uint8)).save(bmp)
+    rgb = tmp_path / "x.jpg"
+    jpeg(rgb, (200, 60, 10), size=13)
+    for f in (p16, bmp, rgb):
+        train = decode_image(f, 6)
+        pred = read_images([f], 6, 3)[0]
+        assert torch.equal(pred, torch.from_numpy(train)), f
+        gray = read_images([f], 6, 1)[0]
+        assert gray.shape == (6, 6, 1)

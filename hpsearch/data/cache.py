@@ -202,8 +202,14 @@ class Encoded(NamedTuple):
     data: bytes
 
 
-def decode_image(src: Path | Encoded, size: int) -> np.ndarray:
-    """One file -> uint8 ``[size, size, 3]`` RGB (torchvision decoder, PIL fallback)."""
+def decode_image(src: Path | Encoded, size: int, *, gray: bool = False) -> np.ndarray:
+    """One file -> uint8 ``[size, size, 3]`` RGB (``[size, size, 1]`` with ``gray``).
+
+    torchvision's decoder, PIL as the fallback for formats it lacks (BMP, TIFF, ...). 16-bit
+    PNGs decode to uint16 and are rescaled to uint8 (``to_dtype(scale=True)``), not wrapped.
+    Training (the cache) and ``predict`` (bundles) both decode through here, so an image
+    gives the model the same pixels in both.
+    """
     if isinstance(src, Encoded):
         path, data = src.name, src.data
     else:
@@ -215,11 +221,14 @@ def decode_image(src: Path | Encoded, size: int) -> np.ndarray:
     img = None
     try:
         import torch
+        import torchvision.transforms.v2.functional as TF
         from torchvision.io import ImageReadMode
         from torchvision.io import decode_image as tv_decode
 
         t = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                      mode=ImageReadMode.RGB)
+                      mode=ImageReadMode.GRAY if gray else ImageReadMode.RGB)
+        if t.dtype != torch.uint8:
+            t = TF.to_dtype(t, torch.uint8, scale=True)
         img = t.permute(1, 2, 0).numpy()
     except Exception:  # unsupported format or torchvision build: try PIL
         try:
@@ -228,7 +237,9 @@ def decode_image(src: Path | Encoded, size: int) -> np.ndarray:
             from PIL import Image
 
             with Image.open(io.BytesIO(data)) as im:
-                img = np.asarray(im.convert("RGB"))
+                img = np.asarray(im.convert("L" if gray else "RGB"))
+            if gray:
+                img = img[..., None]
         except Exception:
             raise DataError(f"{path}: cannot decode; expected a JPEG/PNG (or PIL-readable) "
                             "image") from None
