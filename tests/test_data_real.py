@@ -501,3 +501,23 @@ def test_training_and_predict_decode_images_the_same_way(tmp_path):
         assert torch.equal(pred, torch.from_numpy(train)), f
         gray = read_images([f], 6, 1)[0]
         assert gray.shape == (6, 6, 1)
+
+
+def test_empty_splits_and_test_only_classes_are_refused(tmp_path):
+    root = tmp_path / "data"
+    for split, cls, n in (("train", "cat", 4), ("train", "dog", 4), ("test", "cat", 2),
+                          ("test", "Cat", 1)):
+        for i in range(n):
+            jpeg(root / split / cls / f"{i}.jpg", (100, 100, 100))
+    cfg = DataConfig(name="image_folder", root=str(root), image_size=6, val_fraction=0.2,
+                     params={"cache_dir": str(tmp_path / "c")})
+    with pytest.raises(DataError, match=r"class folder\(s\) \['Cat'\] appear only outside "
+                                        r"train/"):
+        load_dataset(cfg)
+    for f in (root / "test" / "Cat").iterdir():
+        f.rename(root / "test" / "cat" / f"moved-{f.name}")
+    (root / "test" / "Cat").rmdir()
+    assert len(load_dataset(cfg).val) == 2  # 0.2 * 4 rounds to 1 per class
+    # 0.1 * 4 rounds to 0: no validation image at all
+    with pytest.raises(DataError, match=r"the val split is empty .* larger data.val_fraction"):
+        load_dataset(cfg.model_copy(update={"val_fraction": 0.1}))

@@ -67,9 +67,15 @@ def _params(cfg: DataConfig) -> tuple[dict, Path]:
     return p, require_dir(cfg.root, "an image-folder dataset root (train/<class>/...)")
 
 
-def _hierarchy(p: dict, classes: list[str]) -> Hierarchy:
+def _hierarchy(p: dict, splits: list[list[tuple[str, Path]]]) -> Hierarchy:
     if p["hierarchy_file"] is None:
-        return Hierarchy.from_edges([], nodes=sorted(set(classes)), level_names=("class",))
+        trained = {c for c, _ in splits[0]}
+        extra = sorted({c for s in splits[1:] for c, _ in s} - trained)
+        if extra:  # e.g. test/Cat next to train/cat: a class nothing was trained on
+            raise DataError(f"image_folder: class folder(s) {extra} appear only outside "
+                            f"train/ ({', '.join(sorted(trained))} have training images); "
+                            "rename them to a training class or add training images")
+        return Hierarchy.from_edges([], nodes=sorted(trained), level_names=("class",))
     return Hierarchy.from_parent_child_file(p["hierarchy_file"],
                                             child_parent=bool(p["child_parent"]))
 
@@ -96,7 +102,7 @@ def _folder_h(cfg: DataConfig) -> Hierarchy:
     p, root = _params(cfg)
     splits = _splits(cfg, p, root)
     names = [c for s in splits for c, _ in s]
-    h, _ = leaf_level_labels(_hierarchy(p, names), names, leveling=p["leveling"],
+    h, _ = leaf_level_labels(_hierarchy(p, splits), names, leveling=p["leveling"],
                              where="image_folder")
     return h
 
@@ -108,7 +114,7 @@ def build_image_folder(cfg: DataConfig) -> HierDataset:
     splits = _splits(cfg, p, root)
     items = [x for s in splits for x in s]
     names = [c for c, _ in items]
-    h, labels = leaf_level_labels(_hierarchy(p, names), names, leveling=p["leveling"],
+    h, labels = leaf_level_labels(_hierarchy(p, splits), names, leveling=p["leveling"],
                                   where="image_folder")
     size = int(cfg.image_size)
     rel = [str(f.relative_to(root)) for _, f in items]
