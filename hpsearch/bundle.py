@@ -78,14 +78,38 @@ def load_bundle(path: str | Path) -> Bundle:
     if not (p / "manifest.json").is_file() or not (p / "SHA256SUMS").is_file():
         raise ExportError(f"{p} is not an hpsearch bundle (no manifest.json / SHA256SUMS); "
                           "create one with 'hpsearch export RUN_ID --out DIR'")
-    for line in (p / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
+    sums: dict[str, str] = {}
+    for n, line in enumerate((p / "SHA256SUMS").read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise ExportError(f"{p / 'SHA256SUMS'} line {n} is malformed: {line[:80]!r}")
+        sums[parts[1].strip()] = parts[0]
+    # every file of the bundle must be covered: a line deleted from SHA256SUMS must not let
+    # an edited file through
+    present = {f.name for f in p.iterdir() if f.is_file() and f.name != "SHA256SUMS"}
+    unlisted = sorted(present - set(sums))
+    if unlisted or "manifest.json" not in sums:
+        raise ExportError(f"bundle {p}: {', '.join(unlisted) or 'manifest.json'} not covered "
+                          "by SHA256SUMS: the bundle is corrupt or was edited")
+    for name, digest in sums.items():
         f = p / name
         if not f.is_file():
             raise ExportError(f"bundle file {f} is missing")
         if _sha256(f) != digest:
             raise ExportError(f"checksum mismatch for {f}: the bundle is corrupt or was edited")
-    manifest = json.loads((p / "manifest.json").read_text())
+    try:
+        manifest = json.loads((p / "manifest.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{p / 'manifest.json'}: not valid JSON ({e})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ExportError(f"bundle {p} has format_version {manifest.get('format_version')!r}; "
+                          f"this hpsearch reads version {FORMAT_VERSION}: export it again")
+    missing = sorted(set(manifest.get("files", {})) - set(sums))
+    if missing:
+        raise ExportError(f"bundle {p}: manifest lists {', '.join(missing)} but SHA256SUMS "
+                          "does not cover them")
     h = None
     if (p / "hierarchy.json").is_file():
         h = Hierarchy.from_dict(json.loads((p / "hierarchy.json").read_text()))
@@ -137,14 +161,21 @@ class Predictor:
         flat = self.fn(images)
         return list(torch.split(flat, list(self.h.level_sizes), dim=-1))
 
-    def predict_files(self, paths: Sequence[str | Path], hedge: float | None = None
-                      ) -> list[dict[str, Any]]:
-        images = read_images(paths, self.pre["size"], self.pre["channels"])
-        probs = self.level_probs(images)
+    def predict_files(self, paths: Sequence[str | Path], hedge: float | None = None,
+                      batch_size: int = 64) -> list[dict[str, Any]]:
+        """Label path per image file, decoded and run ``batch_size`` images at a time."""
+        if hedge is not None and not 0.0 <= hedge <= 1.0:  # also refuses NaN
+            raise ExportError(f"--hedge is a probability threshold in [0, 1], got {hedge}")
         cumulative = self.bundle.manifest.get("family") in CUMULATIVE_FAMILIES
-        return [dict(image=str(p), path=path) for p, path in
-                zip(paths, label_paths(self.h, probs, hedge, cumulative=cumulative),
-                    strict=True)]
+        out: list[dict[str, Any]] = []
+        for a in range(0, len(paths), batch_size):
+            chunk = list(paths[a:a + batch_size])
+            probs = self.level_probs(read_images(chunk, self.pre["size"],
+                                                 self.pre["channels"]))
+            out += [dict(image=str(p), path=path) for p, path in
+                    zip(chunk, label_paths(self.h, probs, hedge, cumulative=cumulative),
+                        strict=True)]
+        return out
 
 
 # families whose per-level scores are not marginals: hedge on the product along the path
