@@ -41,7 +41,11 @@ def write_bundle(exp: Any, out_dir: str | Path, extra: dict[str, Any] | None = N
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty; choose a new --out directory")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the bundle directory {out} ({e.strerror}); choose "
+                          "a writable --out") from None
     cfg = exp.cfg
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

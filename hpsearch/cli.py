@@ -118,8 +118,39 @@ def _print_best(t, metric: str, mode: str, top: int, search_id: str | None = Non
 
 def cmd_best(args: argparse.Namespace) -> int:
     t = _tracker(args, args.experiment)
+    if not t.best_runs(args.metric, args.mode, 1):
+        raise HpsearchError(f"no trial runs with metric {args.metric!r} in experiment "
+                            f"{args.experiment!r}")
     _print_best(t, args.metric, args.mode, args.top)
     return 0
+
+
+def _at_least(lo: int):
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {n}")
+        return n
+    return parse
+
+
+def _probability(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if not 0.0 <= x <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {v}")
+    return x
+
+
+def _key_value(v: str) -> str:
+    if "=" not in v or not v.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. optim.lr=0.1), got {v!r}")
+    return v
 
 
 def run_experiment(t, run_id: str, tmp: str):
@@ -145,6 +176,13 @@ def export_run(t, run_id: str, out: Path) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import re
+
+    if args.register and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\- ]*", args.register):
+        raise HpsearchError(f"--register {args.register!r}: a model name is letters, digits, "
+                            "'_', '-', '.' and spaces, starting with a letter or digit")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise HpsearchError(f"--out {args.out} is a file; give a new or empty directory")
     t = _tracker(args, None)
     out = export_run(t, args.run_id, Path(args.out))
     print(f"exported run {args.run_id} -> {out}")
@@ -403,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="demo")
     p.add_argument("--metric", default="val_micro_f1")
     p.add_argument("--mode", choices=["max", "min"], default="max")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=_at_least(1), default=5)
     _add_tracking(p)
     p.set_defaults(fn=cmd_best)
 
@@ -418,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict label paths for images with a bundle")
     p.add_argument("bundle")
     p.add_argument("images", nargs="+")
-    p.add_argument("--hedge", type=float, metavar="TAU", help="stop at the deepest level with "
-                   "probability >= TAU")
+    p.add_argument("--hedge", type=_probability, metavar="TAU",
+                   help="stop at the deepest level with probability >= TAU")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
 
@@ -428,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id")
     p.add_argument("--metric", default="val_micro_f1")
     p.add_argument("--mode", choices=["max", "min"], default="max")
-    p.add_argument("--top", type=int, default=1)
+    p.add_argument("--top", type=_at_least(1), default=1)
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--extra", default="mistake_severity,hdist_at_5,path_consistency,mahp_250,"
                    "accuracy,balanced_accuracy", help="more metrics to print, comma-separated")
@@ -439,13 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "over tau on a split, logged as an artifact of the run")
     p.add_argument("run_id")
     p.add_argument("--split", choices=["val", "test"], default="test")
-    p.add_argument("--points", type=int, default=21)
+    p.add_argument("--points", type=_at_least(2), default=21)
     _add_tracking(p)
     p.set_defaults(fn=cmd_hedge_curve)
 
     p = sub.add_parser("train", help="train one config in this process (no Ray, no MLflow)")
     p.add_argument("--space", help="take fixed values from this space")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", type=_key_value,
                    help="dotted overrides, e.g. optim.lr=0.1")
     p.add_argument("--out", default="results/train-checkpoint")
     p.add_argument("--resume", action="store_true")

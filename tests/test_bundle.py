@@ -94,3 +94,16 @@ def test_tampered_bundles_are_refused(bundle_dir, tmp_path):
         for line in (v / "SHA256SUMS").read_text().splitlines() if line.strip()) + "\n")
     with pytest.raises(ExportError, match="format_version 99; this hpsearch reads version 1"):
         load_bundle(v)
+
+
+def test_unwritable_places_are_one_line_errors(bundle_dir, tmp_path, monkeypatch):
+    from hpsearch.data.cache import cached_image_array
+    from hpsearch.errors import DataError
+
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    exp = None  # write_bundle refuses before touching the experiment
+    with pytest.raises(ExportError, match="cannot create the bundle directory"):
+        write_bundle(exp, f / "sub")
+    with pytest.raises(DataError, match="cannot write the image cache at .*cache_dir"):
+        cached_image_array(["k"], np.zeros((1, 4, 4, 3), np.uint8), None, cache=f / "c")

@@ -80,3 +80,19 @@ def test_predict_rejects_a_non_bundle(tmp_path):
     img.write_bytes(b"not an image")
     r = run_cli("predict", str(tmp_path), str(img), cwd=tmp_path)
     assert r.returncode == 2 and "is not an hpsearch bundle" in r.stderr
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["train", "--set", "foo"], "expected KEY=VALUE"),
+    (["hedge-curve", "abc", "--points", "1"], "must be at least 2"),
+    (["best", "--top", "0"], "must be at least 1"),
+    (["predict", ".", "x.png", "--hedge", "nan"], "must be a probability in [0, 1]"),
+    (["predict", ".", "x.png", "--hedge", "1.5"], "must be a probability in [0, 1]"),
+    (["export", "abc", "--out", "o", "--register", "bad/name"], "a model name is letters"),
+    (["export", "abc", "--out", "afile"], "is a file"),
+])
+def test_bad_arguments_exit_2_without_traceback(tmp_path, args, expect):
+    (tmp_path / "afile").write_text("x")
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert expect in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -62,8 +62,14 @@ def cache_key(parts: Any) -> str:
 def locked(path: Path):
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh_ = open(path, "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise DataError(f"cannot write the image cache at {path.parent} ({e.strerror}); point "
+                        "it at a writable place with data.params.cache_dir or $HPSEARCH_CACHE"
+                        ) from None
+    with fh_ as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
