@@ -310,12 +310,12 @@ def _levels_of(run, n_levels: int) -> tuple[list[int], list[str] | None]:
     """Label count and name per level, read from the run's dataset (counts 0 and no names when
     the dataset is not available here)."""
     from hpsearch.config import TrialConfig
-    from hpsearch.data import load_dataset
+    from hpsearch.data.labels import dataset_hierarchy
 
     try:
         flat = {k: None if v == "None" else _parse_value(v) for k, v in run.data.params.items()}
         cfg = TrialConfig.from_flat(flat)
-        h = load_dataset(cfg.data).hierarchy
+        h = dataset_hierarchy(cfg.data)  # no image decoding just to count labels
         return list(h.level_sizes), list(h.level_names) or None
     except Exception:  # noqa: BLE001 - dataset not available here: sizes unknown
         return [0] * n_levels, None

@@ -250,6 +250,16 @@ def register_dataset_hierarchy(name: str) -> Callable:
     return deco
 
 
+def dataset_hierarchy(cfg: Any) -> Hierarchy:
+    """The label hierarchy of image dataset ``cfg`` (a DataConfig), without decoding images
+    where the dataset registered a hierarchy-only function (all built-in real datasets)."""
+    import hpsearch.data  # noqa: F401  registers the built-ins
+    from hpsearch.data.base import DATASETS
+
+    fn = _DATASET_HIERARCHY.get(cfg.name)
+    return fn(cfg) if fn is not None else DATASETS.get(cfg.name)(cfg).hierarchy
+
+
 @register_label_source("dataset")
 def _source_dataset(**params: Any) -> LabelGraph:
     """Labels of a registered image dataset.
@@ -271,8 +281,7 @@ def _source_dataset(**params: Any) -> LabelGraph:
         raise ConfigError(f"label source 'dataset': invalid data options {params}: "
                           f"{msg}") from None
     DATASETS.get(cfg.name)  # unknown name -> ConfigError listing the allowed ones
-    fn = _DATASET_HIERARCHY.get(cfg.name)
-    h = fn(cfg) if fn is not None else DATASETS.get(cfg.name)(cfg).hierarchy
+    h = dataset_hierarchy(cfg)
     return graph_from_hierarchy(h, meta={"source": "dataset", "dataset": cfg.name})
 
 
