@@ -521,3 +521,19 @@ def test_empty_splits_and_test_only_classes_are_refused(tmp_path):
     # 0.1 * 4 rounds to 0: no validation image at all
     with pytest.raises(DataError, match=r"the val split is empty .* larger data.val_fraction"):
         load_dataset(cfg.model_copy(update={"val_fraction": 0.1}))
+
+
+def test_metadata_files_and_hidden_folders_are_not_images_or_classes(tmp_path):
+    root = tmp_path / "data"
+    for split, n in (("train", 5), ("test", 2)):
+        for cls, rgb in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+            for i in range(n):
+                jpeg(root / split / cls / f"{i}.jpg", rgb)
+    (root / "train" / "a" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    jpeg(root / "train" / ".ipynb_checkpoints" / "0.jpg", (0, 0, 0))
+    jpeg(root / "train" / "b" / ".thumbs" / "0.jpg", (0, 0, 0))
+    cfg = DataConfig(name="image_folder", root=str(root), image_size=6, val_fraction=0.2,
+                     params={"cache_dir": str(tmp_path / "c")})
+    ds = load_dataset(cfg)
+    assert ds.hierarchy.level_sizes == (2,)
+    assert len(ds.train) + len(ds.val) == 10

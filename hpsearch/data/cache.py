@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -70,7 +71,12 @@ def locked(path: Path):
                         "it at a writable place with data.params.cache_dir or $HPSEARCH_CACHE"
                         ) from None
     with fh_ as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say why we stand still, then wait
+            print(f"hpsearch: waiting for another process to finish the cache entry "
+                  f"{path.parent} (lock {path.name})", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:

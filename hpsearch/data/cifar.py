@@ -57,6 +57,17 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
+
+def is_image_name(name: str) -> bool:
+    """An image by its extension, not macOS' AppleDouble metadata (``._x.jpg``)."""
+    base = Path(name).name
+    return Path(base).suffix.lower() in IMAGE_EXTS and not base.startswith("._")
+
+
+def is_hidden(path: Path) -> bool:
+    """``.ipynb_checkpoints``, ``.git``, ... : never a class folder."""
+    return path.name.startswith(".")
+
 COMMON: dict[str, Any] = {
     "archive": None,  # .tar.gz with pickles or train|test/<class>/ images
     "splits": "pooled",  # pooled: 80/10/10 per class of train+test; standard: official test
@@ -155,11 +166,11 @@ def _raw_folder(root: Path, classes: tuple[str, ...]) -> _Raw:
         sd = root / split
         if not sd.is_dir():
             raise DataError(f"{sd}: directory not found; expected {split}/<class>/*.jpg")
-        for cdir in sorted(p for p in sd.iterdir() if p.is_dir()):
+        for cdir in sorted(p for p in sd.iterdir() if p.is_dir() and not is_hidden(p)):
             if cdir.name not in classes:
                 raise DataError(f"{cdir}: unknown class folder; expected one of "
                                 f"{', '.join(classes)}")
-            files = sorted(p for p in cdir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            files = sorted(p for p in cdir.iterdir() if is_image_name(p.name))
             items += files
             labels += [classes.index(cdir.name)] * len(files)
             origin += [o] * len(files)
@@ -235,7 +246,7 @@ def _raw_archive(path: Path, classes: tuple[str, ...], pickle_dir: str, first: s
     rows = []
     for n in names:
         m = _MEMBER.match(n)
-        if m and Path(m.group(3)).suffix.lower() in IMAGE_EXTS:
+        if m and is_image_name(m.group(3)):
             if m.group(2) not in classes:
                 raise DataError(f"{path}: member {n} has unknown class {m.group(2)!r}; "
                                 f"expected one of {', '.join(classes)}")

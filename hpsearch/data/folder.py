@@ -29,7 +29,7 @@ from hpsearch.data._io import (
 )
 from hpsearch.data.base import DATASETS, IMAGENET_MEAN, IMAGENET_STD, HierDataset
 from hpsearch.data.cache import cache_key, cache_root, cached_image_array
-from hpsearch.data.cifar import IMAGE_EXTS
+from hpsearch.data.cifar import IMAGE_EXTS, is_hidden, is_image_name
 from hpsearch.data.labels import register_dataset_hierarchy
 from hpsearch.errors import ConfigError, DataError
 from hpsearch.hierarchy import Hierarchy
@@ -50,9 +50,10 @@ DEFAULTS: dict[str, Any] = {
 def list_class_folder(d: Path) -> list[tuple[str, Path]]:
     """``(class, file)`` for every image under ``d/<class>/`` (sorted)."""
     out = []
-    for cdir in sorted(p for p in d.iterdir() if p.is_dir()):
-        files = sorted(p for p in cdir.rglob("*") if p.suffix.lower() in IMAGE_EXTS
-                       and p.is_file())
+    for cdir in sorted(p for p in d.iterdir() if p.is_dir() and not is_hidden(p)):
+        files = sorted(p for p in cdir.rglob("*") if is_image_name(p.name) and p.is_file()
+                       and not any(is_hidden(q) for q in p.relative_to(cdir).parents
+                                   if q != Path(".")))
         out += [(cdir.name, f) for f in files]
     if not out:
         raise DataError(f"{d}: no images in <class>/ sub-folders; expected "
