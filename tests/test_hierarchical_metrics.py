@@ -353,3 +353,26 @@ def test_suite_needs_leveled_tree():
     with pytest.raises(HierarchyError):
         hierarchical_metric_suite([np.ones((1, 1)), np.ones((1, 2)), np.ones((1, 1))],
                                   np.zeros((1, 3), dtype=int), h)
+
+
+def test_evaluate_scores_the_heads_own_prediction_not_the_per_level_argmax():
+    """A marginalization head with ``prediction: leaf_path`` predicts the best leaf's root
+    path, which can differ from the per-level argmax of its marginals: path consistency and
+    mistake severity must score that prediction (review finding: they scored the argmax)."""
+    import torch
+
+    from hpsearch.models.marginalization import MarginalizationHead
+    from hpsearch.train.loop import evaluate
+
+    h = Hierarchy.from_level_labels([("A", "a1"), ("A", "a2"), ("A", "a3"), ("B", "b1")])
+    head = MarginalizationHead(4, h, prediction="leaf_path")
+    leaves = [h.names[n] for n in h.levels[1]]
+    x = torch.zeros(1, 4)
+    for name, p in (("a1", 0.3), ("a2", 0.3), ("a3", 1e-6), ("b1", 0.4)):
+        x[0, leaves.index(name)] = float(np.log(p))
+    # marginals: A 0.6 > B 0.4, leaf b1 0.4 is best: per-level argmax (A, b1) is no path
+    truth = torch.tensor([[h.local_index(h.index["B"]), h.local_index(h.index["b1"])]])
+    assert head.predict_levels(x).tolist() == truth.tolist()
+    m = evaluate(head, x, truth)
+    assert m["micro_f1"] == 1.0 and m["path_consistency"] == 1.0
+    assert m["num_mistakes"] == 0

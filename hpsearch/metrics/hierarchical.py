@@ -429,11 +429,16 @@ def hierarchical_metric_suite(
     *,
     hit_ks: Sequence[int] = (1, 3, 5),
     lca_height_matrix: Any | None = None,
+    pred_levels: Any | None = None,
 ) -> dict[str, float]:
     """Every hierarchy-aware metric of an argmax classifier in one pass, with stable names.
 
-    The last level is the leaf level; the top-1 leaf is the argmax of ``level_probs[-1]``
-    and the per-level prediction is the argmax of each level (ties: lower index).
+    The last level is the leaf level. The prediction (for ``mistake_severity`` and
+    ``path_consistency``) is ``pred_levels`` when given: pass the head's own decision
+    (e.g. the best leaf's root path for ``prediction: leaf_path``), else the argmax of each
+    level (ties: lower index). ``hit_at_<k>`` and ``hdist_at_<k>`` rank the level scores, so
+    for a head whose prediction is not the per-level argmax ``hit_at_1`` can differ from its
+    per-level accuracy.
 
     Keys: ``mistake_severity``, ``num_mistakes`` (:func:`mistake_severity`),
     ``hdist_at_<k>`` for ``k`` in ``ks`` (:func:`hierarchical_distance_at_k`),
@@ -449,6 +454,7 @@ def hierarchical_metric_suite(
             (the top-k set is every leaf), so the key names stay stable on tiny trees.
         hit_ks: the k of ``hit_at_<k>``.
         lca_height_matrix: cached :func:`leaf_lca_heights` (computed here when None).
+        pred_levels: ``[N, L]`` predicted local label per level (default: per-level argmax).
 
     Returns:
         ``dict[str, float]``, NaN-free for non-empty splits.
@@ -477,7 +483,13 @@ def hierarchical_metric_suite(
             raise ConfigError(f"hierarchical_metric_suite: hit_ks must be positive integers, "
                               f"got {tuple(hit_ks)}")
 
-    pred = np.stack([p.argmax(1) for p in probs], axis=1)  # [N, L], first maximum
+    if pred_levels is None:
+        pred = np.stack([p.argmax(1) for p in probs], axis=1)  # [N, L], first maximum
+    else:
+        pred = _labels(pred_levels, "pred_levels", ndim=2)
+        _check_levels(pred, hierarchy, "pred_levels")
+        if pred.shape[0] != n:
+            raise DataError(f"pred_levels has {pred.shape[0]} rows, level_labels {n}")
     true_leaf = labels[:, -1]
     out = mistake_severity(pred[:, -1], true_leaf, h)
     for k in ks:

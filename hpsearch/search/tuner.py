@@ -146,10 +146,18 @@ def check_metric(cfg: Any, data: Any) -> None:
     n = min(4, len(data.val))
     pre = Preprocess(mean=data.mean, std=data.std, size=cfg.data.image_size,
                      grayscale=cfg.model.grayscale)
+    h = data.hierarchy
+    sim = None
+    if h.is_leveled:  # as trials evaluate: with the retrieval metrics
+        from hpsearch.class_embeddings import lcs_height_similarity
+
+        sim = torch.as_tensor(lcs_height_similarity(h, list(h.levels[-1])), dtype=torch.float32)
     with torch.no_grad():
         out = model(pre(torch.from_numpy(np.array(data.val.images[:n]))))
-    names = evaluate(model.head, out, torch.from_numpy(np.array(data.val.level_labels[:n])),
-                     calibrate=True)
+    names = set(evaluate(model.head, out, torch.from_numpy(np.array(data.val.level_labels[:n])),
+                         calibrate=True, retrieval_sim=sim))
+    if "hp_at_1" in names:  # the larger cut-offs exist once the split has more than k images
+        names |= {"hp_at_10", "hp_at_50", "hp_at_100"}
     if cfg.metric.removeprefix("val_") not in names:
         raise ConfigError(f"metric: {cfg.metric!r} is not produced by family "
                           f"{cfg.model.family!r}; choose one of: "

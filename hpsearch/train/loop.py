@@ -192,16 +192,18 @@ def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bo
         from hpsearch.metrics.hierarchical import hierarchical_metric_suite
 
         probs = [p.cpu() for p in head.level_probs(outputs)]
-        metrics.update(hierarchical_metric_suite(probs, level_labels.cpu(), h,
-                                                 lca_height_matrix=lca_heights))
+        metrics.update(hierarchical_metric_suite(
+            probs, level_labels.cpu(), h, lca_height_matrix=lca_heights,
+            pred_levels=head.predict_levels(outputs).cpu()))  # the head's own decision
     metrics.update(head.eval_metrics(outputs, level_labels))
     if retrieval_sim is not None and "mahp_250" not in metrics and len(outputs) >= 3:
         from hpsearch.metrics.retrieval import balanced_accuracy, retrieval_metrics
 
         leaf = head.level_probs(outputs)[-1].float().cpu()
         y = level_labels[:, -1].cpu()
-        metrics.setdefault("accuracy", float((leaf.argmax(-1) == y).double().mean()))
-        metrics.setdefault("balanced_accuracy", balanced_accuracy(leaf.argmax(-1), y))
+        top = head.predict_levels(outputs)[:, -1].cpu()  # the head's leaf decision
+        metrics.setdefault("accuracy", float((top == y).double().mean()))
+        metrics.setdefault("balanced_accuracy", balanced_accuracy(top, y))
         k = min(250, len(outputs) - 1)
         res = retrieval_metrics(F.normalize(leaf, dim=-1), y, {"": retrieval_sim},
                                 ks=(1, 10, 50, 100), ahp_k=k)
