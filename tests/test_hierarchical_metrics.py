@@ -376,3 +376,20 @@ def test_evaluate_scores_the_heads_own_prediction_not_the_per_level_argmax():
     m = evaluate(head, x, truth)
     assert m["micro_f1"] == 1.0 and m["path_consistency"] == 1.0
     assert m["num_mistakes"] == 0
+
+
+def test_evaluate_refuses_non_finite_outputs_for_every_head_kind():
+    import torch
+
+    from hpsearch.errors import NonFiniteLossError
+    from hpsearch.models.multilabel import MultiLabelHead
+    from hpsearch.models.per_level import PerLevelHead
+    from hpsearch.train.loop import evaluate
+
+    h = Hierarchy.from_level_labels([("A", "a1"), ("A", "a2"), ("B", "b1")])
+    labels = torch.tensor([[0, 0], [1, 2]])
+    for head in (PerLevelHead(4, h), MultiLabelHead(4, h)):
+        out = torch.zeros(2, h.num_nodes)
+        out[1, 0] = float("nan")
+        with pytest.raises(NonFiniteLossError, match="NaN/inf for 1 of 2 evaluated images"):
+            evaluate(head, out, labels, calibrate=True)

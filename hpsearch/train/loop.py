@@ -183,6 +183,11 @@ def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bo
     h = head.hierarchy
     dev = next(iter(head.parameters()), torch.zeros(0)).device
     outputs, level_labels = outputs.to(dev), level_labels.to(dev)
+    if outputs.is_floating_point() and not bool(torch.isfinite(outputs).all()):
+        bad = int((~torch.isfinite(outputs)).any(dim=tuple(range(1, outputs.dim()))).sum())
+        raise NonFiniteLossError(f"model outputs are NaN/inf for {bad} of {len(outputs)} "
+                                 "evaluated images (the model diverged); lower optim.lr or "
+                                 "set optim.grad_clip")
     if calibrate:
         head.calibrate(outputs, level_labels)
     pred = head.predict_multihot(outputs)
