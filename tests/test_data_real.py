@@ -537,3 +537,37 @@ def test_metadata_files_and_hidden_folders_are_not_images_or_classes(tmp_path):
     ds = load_dataset(cfg)
     assert ds.hierarchy.level_sizes == (2,)
     assert len(ds.train) + len(ds.val) == 10
+
+
+def test_dataset_hierarchy_reads_labels_without_decoding(tmp_path):
+    """What ``hpsearch report`` uses to count labels: no image is decoded, no cache built."""
+    from hpsearch.data.labels import dataset_hierarchy
+
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("a", "b", "c"):
+            for i in range(3):
+                jpeg(root / split / cls / f"{i}.jpg", (10, 10, 10))
+    cfg = DataConfig(name="image_folder", root=str(root), image_size=6,
+                     params={"cache_dir": str(tmp_path / "c")})
+    assert dataset_hierarchy(cfg).level_sizes == (3,)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_process_waiting_for_the_cache_lock_says_so(tmp_path, capfd):
+    from hpsearch.data.cache import locked
+
+    got: list[str] = []
+
+    def take() -> None:
+        with locked(tmp_path / ".lock"):
+            got.append("in")
+
+    with locked(tmp_path / ".lock"):
+        t = threading.Thread(target=take)
+        t.start()
+        t.join(timeout=1.0)
+        assert got == []  # blocked behind us
+    t.join(timeout=10)
+    assert got == ["in"]
+    assert "waiting for another process to finish the cache entry" in capfd.readouterr().err
