@@ -501,11 +501,6 @@ def _tracker(results_dir: str, experiment: str, tracking_uri: str | None = None)
     return Tracker(tracking_uri or default_tracking_uri(results_dir), experiment)
 
 
-def _at_step(tracker: Any, run_id: str, key: str, step: int) -> float | None:
-    hist = [m for m in tracker.client.get_metric_history(run_id, key) if m.step == step]
-    return hist[-1].value if hist else None
-
-
 def trial_rows(tracker: Any, metric: str = "val_micro_f1",
                val_keys: Sequence[str] = ("micro_f1",)) -> list[dict[str, Any]]:
     """One dict per trial run of the tracker's experiment, best first.
@@ -537,7 +532,7 @@ def trial_rows(tracker: Any, metric: str = "val_micro_f1",
         row.update({k: p.get(k) for k in RUN_PARAMS if k in p})
         row.update({k: p.get(k) for k in varied})
         for k in val_keys:
-            row[f"val_{k}"] = _at_step(tracker, r.info.run_id, f"val_{k}", best_ep) \
+            row[f"val_{k}"] = tracker.metric_at_step(r.info.run_id, f"val_{k}", best_ep) \
                 if best_ep else None
         row.update({f"test_{k}": m.get(f"test_{k}") for k in RUN_METRICS
                     if f"test_{k}" in m or k in RUN_METRICS[:2]})

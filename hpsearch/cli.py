@@ -90,10 +90,12 @@ def _export_best(out, space, dest: str) -> Path:
     return bundle
 
 
-def _print_best(t, metric: str, mode: str, top: int, search_id: str | None = None) -> None:
+def _print_best(t, metric: str, mode: str, top: int, search_id: str | None = None,
+                runs: list | None = None) -> None:
+    """Table of the best trial runs (``runs`` when the caller already fetched them)."""
     from hpsearch.tracking import summarize_params
 
-    runs = t.best_runs(metric, mode, top, search_id=search_id)
+    runs = t.best_runs(metric, mode, top, search_id=search_id) if runs is None else runs
     if not runs:
         print(f"no runs with metric {metric!r} in experiment {t.experiment_name!r}")
         return
@@ -118,10 +120,11 @@ def _print_best(t, metric: str, mode: str, top: int, search_id: str | None = Non
 
 def cmd_best(args: argparse.Namespace) -> int:
     t = _tracker(args, args.experiment)
-    if not t.best_runs(args.metric, args.mode, 1):
+    runs = t.best_runs(args.metric, args.mode, args.top)
+    if not runs:
         raise HpsearchError(f"no trial runs with metric {args.metric!r} in experiment "
                             f"{args.experiment!r}")
-    _print_best(t, args.metric, args.mode, args.top)
+    _print_best(t, args.metric, args.mode, args.top, runs=runs)
     return 0
 
 

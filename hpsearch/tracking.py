@@ -244,20 +244,28 @@ class Tracker:
         if step is None:
             return m
         for key in [k for k in m if k.startswith(("val_", "train_"))]:
-            hist = self.client.get_metric_history(run.info.run_id, key)
-            at = [h.value for h in hist if h.step == int(step)]
-            if at:
-                m[key] = at[-1]
+            at = self.metric_at_step(run.info.run_id, key, int(step))
+            if at is not None:
+                m[key] = at
         m["epoch"] = float(step)
         return m
 
+    def metric_at_step(self, run_id: str, key: str, step: int) -> float | None:
+        """The value ``key`` was logged with at ``step`` (the last one if logged twice)."""
+        hist = [h for h in self.client.get_metric_history(run_id, key) if h.step == step]
+        return hist[-1].value if hist else None
+
     def open_trial_runs(self, search_id: str) -> list[str]:
         """Ids of this search's trial runs still marked RUNNING in MLflow."""
+        return list(self.open_trial_runs_by_trial(search_id).values())
+
+    def open_trial_runs_by_trial(self, search_id: str) -> dict[str, str]:
+        """{Tune trial id: run id} of this search's trial runs still marked RUNNING."""
         flt = (f"tags.`{TAG}role` = 'trial' and tags.`{TAG}search_id` = '{search_id}' and "
                "attributes.status = 'RUNNING'")
         runs = self.client.search_runs([self.experiment_id], filter_string=flt,
                                        max_results=10000)
-        return [r.info.run_id for r in runs]
+        return {r.data.tags.get(f"{TAG}trial_id", r.info.run_id): r.info.run_id for r in runs}
 
     def trial_errors(self, search_id: str, limit: int = 3) -> list[tuple[str, str]]:
         """(run id, error tag) of this search's FAILED trial runs, oldest first."""

@@ -222,14 +222,8 @@ def decode_image(src: Path | Encoded, size: int, *, gray: bool = False) -> np.nd
     Training (the cache) and ``predict`` (bundles) both decode through here, so an image
     gives the model the same pixels in both.
     """
-    if isinstance(src, Encoded):
-        path, data = src.name, src.data
-    else:
-        path = src
-        try:
-            data = Path(src).read_bytes()
-        except FileNotFoundError:
-            raise DataError(f"{src}: image file not found") from None
+    path = src.name if isinstance(src, Encoded) else src
+    data = _read(src)
     img = None
     try:
         import torch
@@ -277,7 +271,12 @@ def decode_device() -> str:
 
 
 def _read(src: Path | Encoded) -> bytes:
-    return src.data if isinstance(src, Encoded) else Path(src).read_bytes()
+    if isinstance(src, Encoded):
+        return src.data
+    try:
+        return Path(src).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{src}: image file not found") from None
 
 
 def decode_batch(srcs: Sequence[Path | Encoded], size: int, device: str) -> np.ndarray:

@@ -139,20 +139,18 @@ def finish_open_trials(tracker: Tracker, search_id: str, grid: Any, stopped_by: 
     (``time_budget_s`` ran out) never reach ``on_trial_complete``. Close their runs FINISHED,
     tagged ``stopped_by``, with the checkpoint Ray kept (the best epoch is in it, so they can
     be exported like any other). Returns how many runs were closed."""
-    open_runs = set(tracker.open_trial_runs(search_id))
+    open_runs = tracker.open_trial_runs_by_trial(search_id)  # one query, not one per trial
     closed = 0
     for res in grid:
-        tid = (res.metrics or {}).get("trial_id")
-        run = tracker.find_run(search_id=search_id, trial_id=tid) if tid else None
-        if run is None or run.info.run_id not in open_runs:
+        rid = open_runs.pop((res.metrics or {}).get("trial_id"), None)
+        if rid is None:
             continue
         ckpt = getattr(res.checkpoint, "path", None) if res.checkpoint else None
         epoch = int((res.metrics or {}).get("epoch", 0))
-        close_trial_run(tracker, run.info.run_id, "FAILED" if res.error else "FINISHED", epoch,
-                        ckpt, {"stopped_by": stopped_by})
-        open_runs.discard(run.info.run_id)
+        close_trial_run(tracker, rid, "FAILED" if res.error else "FINISHED", epoch, ckpt,
+                        {"stopped_by": stopped_by})
         closed += 1
-    for rid in open_runs:  # no result to go by (never reported)
+    for rid in open_runs.values():  # no result to go by (never reported)
         tracker.set_tags(rid, {"stopped_by": stopped_by})
         tracker.end_run(rid, "KILLED")
     return closed + len(open_runs)

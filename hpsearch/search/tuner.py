@@ -139,19 +139,14 @@ def check_metric(cfg: Any, data: Any) -> None:
     import torch
 
     from hpsearch.models import build_model
-    from hpsearch.train.loop import Preprocess, evaluate
+    from hpsearch.train.loop import Preprocess, evaluate, leaf_similarity
 
     in_ch = 1 if cfg.model.grayscale else data.channels
     model = build_model(cfg.model, data.hierarchy, in_ch).eval()
     n = min(4, len(data.val))
     pre = Preprocess(mean=data.mean, std=data.std, size=cfg.data.image_size,
                      grayscale=cfg.model.grayscale)
-    h = data.hierarchy
-    sim = None
-    if h.is_leveled:  # as trials evaluate: with the retrieval metrics
-        from hpsearch.class_embeddings import lcs_height_similarity
-
-        sim = torch.as_tensor(lcs_height_similarity(h, list(h.levels[-1])), dtype=torch.float32)
+    sim = leaf_similarity(data.hierarchy)  # as trials evaluate: with the retrieval metrics
     with torch.no_grad():
         out = model(pre(torch.from_numpy(np.array(data.val.images[:n]))))
     names = set(evaluate(model.head, out, torch.from_numpy(np.array(data.val.level_labels[:n])),
@@ -278,8 +273,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         # leave the search's runs RUNNING forever
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         with contextlib.suppress(Exception):
-            for rid in tracker.open_trial_runs(search_id):
-                tracker.end_run(rid, status)
+            _close_unfinished(tracker, search_id, status)
             tracker.set_tags(parent, {"error": f"{type(e).__name__}: {e}"[:4000]})
             tracker.end_run(parent, status)
         raise
@@ -379,14 +373,15 @@ def _interruptible():
         signal.signal(signal.SIGINT, sigint_before)
 
 
-def _close_unfinished(tracker: Tracker, search_id: str) -> int:
+def _close_unfinished(tracker: Tracker, search_id: str, status: str = "KILLED") -> int:
     """After ``fit`` returns: the trial runs of this search still RUNNING in MLflow belong to
     trials an interruption (Ctrl+C, SIGTERM) left unfinished (the callback closes every trial
-    that completes or fails; trials not started yet have no run). Mark them ``KILLED``
-    (``--resume`` reopens the same runs) and return how many there were."""
+    that completes or fails; trials not started yet have no run). Mark them ``status``
+    (``KILLED``: ``--resume`` reopens the same runs; ``FAILED`` when the search itself
+    failed) and return how many there were."""
     open_runs = tracker.open_trial_runs(search_id)
     for rid in open_runs:
-        tracker.end_run(rid, "KILLED")
+        tracker.end_run(rid, status)
     return len(open_runs)
 
 
@@ -436,8 +431,11 @@ def _search_meta(space: SearchSpace, opts: SearchOptions, tracker: Tracker,
             "experiment": tracker.experiment_name, "tracking_uri": tracker.uri,
             "num_samples": num_samples, "max_epochs": max_epochs,
             "seed": space.sampler.seed if opts.seed is None else opts.seed,
-            "data_root": (str(Path(opts.data_root).resolve()) if opts.data_root else None),
-            "finished": False}
+            "data_root": _abs_data_root(opts), "finished": False}
+
+
+def _abs_data_root(opts: SearchOptions) -> str | None:
+    return str(Path(opts.data_root).resolve()) if opts.data_root else None
 
 
 def _write_meta(search_dir: Path, meta: dict[str, Any]) -> None:
@@ -485,16 +483,12 @@ def _resume_options(space: SearchSpace, opts: SearchOptions, meta: dict[str, Any
         raise ConfigError(f"--resume: the space file changed since {search_id} started; a "
                           "resumed search runs the space it started with: restore the file "
                           "or start a new search without --resume")
-    asked = {"experiment": opts.experiment, "tracking_uri": opts.tracking_uri,
-             "num_samples": opts.num_samples, "max_epochs": opts.max_epochs, "seed": opts.seed,
-             "data_root": str(Path(opts.data_root).resolve()) if opts.data_root else None}
+    # RESUME_KEYS are SearchOptions fields; data_root compared as an absolute path
+    asked = {**{k: getattr(opts, k) for k in RESUME_KEYS}, "data_root": _abs_data_root(opts)}
     for key in RESUME_KEYS:
         if asked[key] is not None and key in meta and asked[key] != meta[key]:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"--resume: {search_id} was started with {flag} {meta[key]}; "
                               f"it cannot continue with {flag} {asked[key]} (drop the flag, "
                               "or start a new search without --resume)")
-    return dataclasses.replace(opts, **{
-        "experiment": meta.get("experiment"), "tracking_uri": meta.get("tracking_uri"),
-        "num_samples": meta.get("num_samples"), "max_epochs": meta.get("max_epochs"),
-        "seed": meta.get("seed"), "data_root": meta.get("data_root")})
+    return dataclasses.replace(opts, **{k: meta.get(k) for k in RESUME_KEYS})

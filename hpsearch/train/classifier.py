@@ -28,6 +28,7 @@ from hpsearch.train.loop import (
     epoch_indices,
     evaluate,
     iterate_batches,
+    leaf_similarity,
     train_one_epoch,
 )
 
@@ -100,12 +101,7 @@ class ClassifierExperiment:
         self.pre_eval = Preprocess(augment=False, **common)
         self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * ctx.rank)
         self._lca = leaf_lca_heights(h) if h.is_leveled else None
-        self._sim = None
-        if h.is_leveled:
-            from hpsearch.class_embeddings import lcs_height_similarity
-
-            self._sim = torch.as_tensor(lcs_height_similarity(h, list(h.levels[-1])),
-                                        dtype=torch.float32)
+        self._sim = leaf_similarity(h)
 
     @property
     def head(self) -> Head:

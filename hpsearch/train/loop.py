@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpsearch.errors import NonFiniteLossError
+from hpsearch.hierarchy import Hierarchy
 from hpsearch.metrics.classification import level_metrics, levels_to_multihot
 from hpsearch.models.base import Head
 
@@ -161,6 +162,16 @@ def collect_outputs(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]],
     if not outs:
         return torch.zeros(0), torch.zeros(0, dtype=torch.long)
     return torch.cat(outs), torch.cat(labs)
+
+
+def leaf_similarity(h: Hierarchy) -> torch.Tensor | None:
+    """``retrieval_sim`` for :func:`evaluate`: LCS-height similarity of the last level's
+    labels (Barz & Denzler), ``None`` for a hierarchy that is not leveled."""
+    if not h.is_leveled:
+        return None
+    from hpsearch.class_embeddings import lcs_height_similarity
+
+    return torch.as_tensor(lcs_height_similarity(h, list(h.levels[-1])), dtype=torch.float32)
 
 
 def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bool = False,
