@@ -24,6 +24,12 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
                    "Ray state and exports live (default: results)")
 
 
+def _add_tie_break(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tie-break", metavar="METRIC", help="order runs with an equal --metric "
+                   "by this one (e.g. val_edge_gap; the search space's tie_break)")
+    p.add_argument("--tie-break-mode", choices=["max", "min"], default="max")
+
+
 def _tracker(args: argparse.Namespace, experiment: str | None):
     from hpsearch.tracking import Tracker, default_tracking_uri
 
@@ -67,8 +73,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 1
     if out.best and out.best.get("value") is not None:
         print(f"best {out.best['metric']} = {out.best['value']:.4f}")
-    _print_best(_tracker_for(out.tracking_uri, out.experiment), space.metric, space.mode, 3,
-                out.search_id)
+    t = _tracker_for(out.tracking_uri, out.experiment)
+    _print_best(t, space.metric, space.mode, 3, runs=t.best_runs(
+        space.metric, space.mode, 3, search_id=out.search_id, tie_break=space.tie_break,
+        tie_break_mode=space.tie_break_mode))
     if args.export_best:
         _export_best(out, space, args.export_best)
     return 0
@@ -82,7 +90,8 @@ def _tracker_for(uri: str, experiment: str):
 
 def _export_best(out, space, dest: str) -> Path:
     t = _tracker_for(out.tracking_uri, out.experiment)
-    runs = t.best_runs(space.metric, space.mode, 1, search_id=out.search_id)
+    runs = t.best_runs(space.metric, space.mode, 1, search_id=out.search_id,
+                       tie_break=space.tie_break, tie_break_mode=space.tie_break_mode)
     if not runs:
         raise HpsearchError("no finished trial to export")
     bundle = export_run(t, runs[0].info.run_id, Path(dest))
@@ -120,7 +129,8 @@ def _print_best(t, metric: str, mode: str, top: int, search_id: str | None = Non
 
 def cmd_best(args: argparse.Namespace) -> int:
     t = _tracker(args, args.experiment)
-    runs = t.best_runs(args.metric, args.mode, args.top)
+    runs = t.best_runs(args.metric, args.mode, args.top, tie_break=args.tie_break,
+                       tie_break_mode=args.tie_break_mode)
     if not runs:
         raise HpsearchError(f"no trial runs with metric {args.metric!r} in experiment "
                             f"{args.experiment!r}")
@@ -284,7 +294,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.run_id:
         runs = [t.get_run(args.run_id)]
     else:
-        runs = t.best_runs(args.metric, args.mode, args.top)
+        runs = t.best_runs(args.metric, args.mode, args.top, tie_break=args.tie_break,
+                           tie_break_mode=args.tie_break_mode)
         if not runs:
             raise HpsearchError(f"no trial runs with {args.metric!r} in experiment "
                                 f"{args.experiment!r}")
@@ -444,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="demo")
     p.add_argument("--metric", default="val_micro_f1")
     p.add_argument("--mode", choices=["max", "min"], default="max")
+    _add_tie_break(p)
     p.add_argument("--top", type=_at_least(1), default=5)
     _add_tracking(p)
     p.set_defaults(fn=cmd_best)
@@ -469,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id")
     p.add_argument("--metric", default="val_micro_f1")
     p.add_argument("--mode", choices=["max", "min"], default="max")
+    _add_tie_break(p)
     p.add_argument("--top", type=_at_least(1), default=1)
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--extra", default="mistake_severity,hdist_at_5,path_consistency,mahp_250,"

@@ -76,11 +76,15 @@ class TrialConfig(_Frozen):
     seed: int = 0
     metric: str = "val_micro_f1"  # model selection inside the trial (best epoch)
     mode: Literal["max", "min"] = "max"
+    # second criterion when ``metric`` ties (e.g. a val F1 saturated at 1.0): an epoch with an
+    # equal ``metric`` and a better ``tie_break`` becomes the best one; None keeps the earliest
+    tie_break: str | None = None
+    tie_break_mode: Literal["max", "min"] = "max"
 
-    @field_validator("metric")
+    @field_validator("metric", "tie_break")
     @classmethod
-    def _metric_prefix(cls, v: str) -> str:
-        if not v.startswith(("val_", "train_")):
+    def _metric_prefix(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("val_", "train_")):
             raise ValueError(f"metric {v!r} must be a validation metric such as 'val_micro_f1'")
         return v
 

@@ -215,16 +215,21 @@ class Tracker:
 
     # ------------------------------------------------------------------ queries
     def best_runs(self, metric: str, mode: str = "max", top: int = 5,
-                  search_id: str | None = None) -> list[Any]:
+                  search_id: str | None = None, tie_break: str | None = None,
+                  tie_break_mode: str = "max") -> list[Any]:
+        """The ``top`` trial runs by ``metric``; runs with an equal value by ``tie_break``."""
         flt = f"tags.`{TAG}role` = 'trial'"
         if search_id:
             flt += f" and tags.`{TAG}search_id` = '{search_id}'"
         # trials log best_<metric> (the best evaluated epoch, whose test_* they also log):
         # rank by it, not by the last epoch's value, when it exists
         key = f"best_{metric}" if metric.startswith("val_") else metric
-        order = f"metrics.`{key}` {'DESC' if mode == 'max' else 'ASC'}"
+        order = [f"metrics.`{key}` {'DESC' if mode == 'max' else 'ASC'}"]
+        if tie_break:  # the trials log best_<tie_break>: its value at their best epoch
+            tkey = f"best_{tie_break}" if tie_break.startswith("val_") else tie_break
+            order.append(f"metrics.`{tkey}` {'DESC' if tie_break_mode == 'max' else 'ASC'}")
         runs = self.client.search_runs([self.existing_experiment_id()], filter_string=flt,
-                                       order_by=[order], max_results=max(top * 4, 50))
+                                       order_by=order, max_results=max(top * 4, 50))
         runs = [r for r in runs if key in r.data.metrics or metric in r.data.metrics]
         return runs[:top]
 

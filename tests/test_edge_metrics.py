@@ -53,11 +53,52 @@ def test_best_threshold_matches_brute_force(seed):
     assert f1 == pytest.approx(bf1)
 
 
+def test_midpoint_threshold_hand_case():
+    # sorted: 0.1+ 0.2+ 0.3- 0.4+ 0.9-: best cut after 0.4, next energy 0.9 -> t = 0.65
+    pos, neg = torch.tensor([0.1, 0.2, 0.4]), torch.tensor([0.3, 0.9])
+    t, f1, p, r = best_threshold_f1(pos, neg, placement="midpoint")
+    assert t == pytest.approx(0.65)
+    assert (f1, p, r) == (pytest.approx(6 / 7), pytest.approx(3 / 4), pytest.approx(1.0))
+    # a separated set: lowest = the largest positive energy, midpoint halfway to the negatives
+    pos, neg = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([4.0, 5.0])
+    assert best_threshold_f1(pos, neg)[0] == 2.0
+    assert best_threshold_f1(pos, neg, placement="midpoint")[0] == 3.0
+    # a held-out positive at 2.5 is missed by the published threshold, kept by the midpoint
+    assert f1_at_threshold(torch.tensor([2.5]), neg, 2.0)[0] == 0.0
+    assert f1_at_threshold(torch.tensor([2.5]), neg, 3.0)[0] == 1.0
+    # best cut at the largest energy: nothing above it, both placements return it
+    t, f1, _, _ = best_threshold_f1(torch.tensor([5.0]), torch.tensor([1.0]), placement="midpoint")
+    assert (t, f1) == (5.0, pytest.approx(2 / 3))
+
+
+def test_midpoint_threshold_adjacent_floats_keeps_the_cut():
+    lo = 1.0
+    hi = math.nextafter(lo, 2.0)
+    pos, neg = torch.tensor([lo], dtype=torch.float64), torch.tensor([hi], dtype=torch.float64)
+    t, f1, _, _ = best_threshold_f1(pos, neg, placement="midpoint")
+    assert t == lo and f1 == 1.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_midpoint_threshold_keeps_the_optimal_f1(seed):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(30, generator=g).double()
+    neg = (torch.randn(80, generator=g) + 1.5).double()
+    lo, f1, p, r = best_threshold_f1(pos, neg)
+    mid, f1m, pm, rm = best_threshold_f1(pos, neg, placement="midpoint")
+    assert (f1m, pm, rm) == (f1, p, r)
+    above = torch.cat([pos, neg])[torch.cat([pos, neg]) > lo]
+    assert lo < mid < float(above.min())  # strictly inside the interval to the next energy
+    assert f1_at_threshold(pos, neg, mid)[0] == pytest.approx(f1)
+
+
 def test_best_threshold_errors():
     with pytest.raises(DataError, match="positive"):
         best_threshold_f1(torch.tensor([]), torch.tensor([1.0]))
     with pytest.raises(NonFiniteLossError):
         best_threshold_f1(torch.tensor([math.nan]), torch.tensor([1.0]))
+    with pytest.raises(DataError, match="placement 'middle'"):
+        best_threshold_f1(torch.tensor([1.0]), torch.tensor([2.0]), placement="middle")
 
 
 def test_f1_at_threshold_hand_case():

@@ -16,7 +16,7 @@ from hpsearch.embeddings.optim import build_optimizer
 from hpsearch.errors import ConfigError, NonFiniteLossError
 from hpsearch.geometry import inner_radius
 from hpsearch.hierarchy import Hierarchy
-from hpsearch.metrics.edges import f1_at_threshold
+from hpsearch.metrics.edges import f1_at_threshold, f1_optimal_interval
 from hpsearch.models import FAMILIES
 from hpsearch.models.embedding_families import LabelEmbedding, build_label_embedding
 from hpsearch.train.experiment import EXPERIMENTS, build_experiment
@@ -143,6 +143,19 @@ def test_experiment_epoch_and_metrics(graph, family, kw):
     f1, _, _ = f1_at_threshold(exp.model.pair_energy(pos).detach(),
                                exp.model.pair_energy(neg).detach(), exp.threshold)
     assert test["edge_f1"] == pytest.approx(f1)
+    # the midpoint threshold lies in the same val-optimal interval: same val F1, never lower
+    assert val["edge_f1_midpoint"] == val["edge_f1"]
+    assert exp.threshold_midpoint >= exp.threshold
+    assert test["threshold_midpoint"] == val["threshold_midpoint"] == exp.threshold_midpoint
+    f1, _, _ = f1_at_threshold(exp.model.pair_energy(pos).detach(),
+                               exp.model.pair_energy(neg).detach(), exp.threshold_midpoint)
+    assert test["edge_f1_midpoint"] == pytest.approx(f1)
+    # edge_gap: the val-optimal interval's width in units of the margin
+    vpos, vneg = exp.eval_pairs["val"]
+    lo, hi, *_ = f1_optimal_interval(exp.model.pair_energy(vpos).detach(),
+                                     exp.model.pair_energy(vneg).detach())
+    want = (hi - lo) / exp.model.margin if math.isfinite(hi) else 0.0
+    assert val["edge_gap"] == pytest.approx(want) and val["edge_gap"] >= 0
 
 
 def test_euclidean_cones_learn_the_tree(graph):

@@ -9,7 +9,10 @@ as a *sum* over the batch (the published codes' reduction, so their learning rat
 the reported ``loss`` is L per positive. Negatives with no valid corruption are masked.
 
 ``evaluate("val")`` picks the F1-optimal threshold on the fixed val positives/negatives
-(edge iff E <= t) and keeps it; ``evaluate("test")`` applies that threshold. Both also report
+(edge iff E <= t) and keeps it; ``evaluate("test")`` applies that threshold. The threshold is
+placed two ways inside the interval of val-optimal thresholds: at its low end (``edge_f1``, the
+thesis protocol) and at its middle (``edge_f1_midpoint``, max-margin); both have the same val
+F1, and model selection is unchanged by the second (metrics/edges.py). Both also report
 the reconstruction of the whole label graph over all ordered pairs (thesis §6.1.1), whose
 threshold is chosen on that same set, as the thesis did.
 
@@ -24,6 +27,7 @@ computation, so ``evaluate`` is identical on every rank. Use one worker.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,7 @@ from hpsearch.metrics.edges import (
     best_threshold_f1,
     embedding_reconstruction,
     f1_at_threshold,
+    f1_optimal_interval,
 )
 from hpsearch.models.base import task_params
 from hpsearch.models.embedding_families import (
@@ -158,6 +163,7 @@ class LabelEmbeddingExperiment:
         self.closure = t(self.splits.closure)
         self.basic = t(self.splits.basic)
         self.threshold: float | None = None
+        self.threshold_midpoint: float | None = None
         self.steps = 0
         self._recon_cache: tuple[int, dict[str, float]] | None = None
 
@@ -208,17 +214,27 @@ class LabelEmbeddingExperiment:
     def _edge_metrics(self, split: str) -> dict[str, float]:
         pos, neg = self.eval_pairs[split]
         e_pos, e_neg = self._energies(pos), self._energies(neg)
+        lo, hi = f1_optimal_interval(e_pos, e_neg)[:2]
         if split == "val":
-            t, f1, prec, rec = best_threshold_f1(e_pos, e_neg)
-            self.threshold = t
-        else:
-            if self.threshold is None:
-                self._edge_metrics("val")
-            t = float(self.threshold)  # type: ignore[arg-type]
+            self.threshold = lo
+            self.threshold_midpoint = best_threshold_f1(e_pos, e_neg, placement="midpoint")[0]
+        elif self.threshold is None or self.threshold_midpoint is None:
+            self._edge_metrics("val")
+        # width of this split's interval of F1-optimal thresholds in units of the margin α:
+        # how far apart the cut leaves the energies (0 when nothing lies above the cut); a
+        # tie-break for runs whose val F1 saturates at 1.0
+        out: dict[str, float] = {
+            "edge_gap": (hi - lo) / float(self.model.margin) if math.isfinite(hi) else 0.0}
+        # thesis protocol (threshold = val energy at the best cut), and the max-margin threshold
+        # of the same val-F1-maximising interval (metrics/edges.py); both chosen on val only
+        thresholds = {"": float(self.threshold),  # type: ignore[arg-type]
+                      "_midpoint": float(self.threshold_midpoint)}  # type: ignore[arg-type]
+        for suffix, t in thresholds.items():
             f1, prec, rec = f1_at_threshold(e_pos, e_neg, t)
+            out.update({f"edge_f1{suffix}": f1, f"edge_precision{suffix}": prec,
+                        f"edge_recall{suffix}": rec, f"threshold{suffix}": t})
         loss = (e_pos.sum() + (self.model.margin - e_neg).clamp_min(0).sum()) / max(len(pos), 1)
-        return {"edge_f1": f1, "edge_precision": prec, "edge_recall": rec, "threshold": t,
-                "loss": float(loss)}
+        return {**out, "loss": float(loss)}
 
     @torch.no_grad()
     def reconstruction(self) -> dict[str, float]:
@@ -250,6 +266,7 @@ class LabelEmbeddingExperiment:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "threshold": self.threshold,
+            "threshold_midpoint": self.threshold_midpoint,
             "steps": self.steps,
             "generator": self.gen.get_state(),
         }
@@ -267,6 +284,7 @@ class LabelEmbeddingExperiment:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.threshold = state.get("threshold")
+        self.threshold_midpoint = state.get("threshold_midpoint")
         self.steps = int(state.get("steps", 0))
         if state.get("generator") is not None:
             self.gen.set_state(state["generator"].cpu())
@@ -287,8 +305,10 @@ class LabelEmbeddingExperiment:
         (out_dir / NODES_FILE).write_text(json.dumps(list(self.nodes)))
         meta = {"family": self.cfg.model.family, **self.model.describe(),
                 "threshold": self.threshold,
+                "threshold_midpoint": self.threshold_midpoint,
                 "convention": "edge (u, v) means v is-a u; predict an edge iff "
-                              "E(f(u), f(v)) <= threshold",
+                              "E(f(u), f(v)) <= threshold (the thesis protocol; "
+                              "threshold_midpoint is the max-margin choice)",
                 "splits": {**self.splits.summary(), **self.splits.meta}}
         (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         return {"task": TASK, "files": [EMBEDDINGS_FILE, NODES_FILE, META_FILE],

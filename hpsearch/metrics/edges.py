@@ -7,10 +7,17 @@ The best threshold is searched over *all unique energies* (the published protoco
 sort + cumsum: for the k smallest energies predicted positive, F1(k) = 2·TP(k) / (k + P), where
 P is the number of positives. Only the last index of every run of equal energies is a valid
 cut. The first maximum wins, i.e. the smallest best threshold.
+
+Every t in [e_k, e_{k+1}) (e_k the energy at the best cut, e_{k+1} the next larger energy)
+gives the same F1 on the set it is chosen on. The published protocol returns t = e_k, which
+is the largest positive energy when the set is separated: any held-out positive just above
+it is missed. ``placement="midpoint"`` returns (e_k + e_{k+1}) / 2 instead, the max-margin
+choice in that interval (e_k when nothing lies above the cut).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -26,16 +33,19 @@ def _flat(x: Tensor, name: str) -> Tensor:
     return x.to(torch.float64)
 
 
-def best_threshold_f1(pos_energy: Tensor, neg_energy: Tensor
-                      ) -> tuple[float, float, float, float]:
-    """The threshold t maximising F1 of "edge iff E <= t" over the unique energies.
+THRESHOLD_PLACEMENTS = ("lowest", "midpoint")
 
-    Args:
-        pos_energy: energies of true edges (any shape).
-        neg_energy: energies of non-edges (any shape).
+
+def f1_optimal_interval(pos_energy: Tensor, neg_energy: Tensor
+                        ) -> tuple[float, float, float, float, float]:
+    """The interval [lo, hi) of thresholds maximising F1 of "edge iff E <= t".
+
+    lo is the energy at the best cut (the first maximum over the unique energies), hi the next
+    larger energy (``inf`` when every energy is predicted an edge). Every t in [lo, hi) scores
+    the same F1 on these energies.
 
     Returns:
-        ``(t, f1, precision, recall)`` at the best (smallest on ties) threshold.
+        ``(lo, hi, f1, precision, recall)``.
 
     Raises:
         DataError: no positives (F1 is undefined).
@@ -53,8 +63,37 @@ def best_threshold_f1(pos_energy: Tensor, neg_energy: Tensor
     last = torch.ones_like(e, dtype=torch.bool)
     last[:-1] = e[1:] != e[:-1]
     f1 = torch.where(last, 2 * tp / (k + n_pos), torch.full_like(tp, -1.0))
-    i = int(torch.argmax(f1))  # first maximum
-    return float(e[i]), float(f1[i]), float(tp[i] / k[i]), float(tp[i] / n_pos)
+    i = int(torch.argmax(f1))  # first maximum; e[i + 1] > e[i] since i is a run's last index
+    hi = float(e[i + 1]) if i + 1 < len(e) else math.inf
+    return float(e[i]), hi, float(f1[i]), float(tp[i] / k[i]), float(tp[i] / n_pos)
+
+
+def best_threshold_f1(pos_energy: Tensor, neg_energy: Tensor, *, placement: str = "lowest"
+                      ) -> tuple[float, float, float, float]:
+    """The threshold t maximising F1 of "edge iff E <= t" over the unique energies.
+
+    Args:
+        pos_energy: energies of true edges (any shape).
+        neg_energy: energies of non-edges (any shape).
+        placement: ``"lowest"`` returns the energy at the best cut (the published protocol);
+            ``"midpoint"`` the middle of the interval up to the next larger energy, which
+            scores the same F1 here (see the module docstring).
+
+    Returns:
+        ``(t, f1, precision, recall)`` at the best (smallest on ties) cut.
+
+    Raises:
+        DataError: no positives (F1 is undefined), or an unknown ``placement``.
+        NonFiniteLossError: an energy is NaN/inf.
+    """
+    if placement not in THRESHOLD_PLACEMENTS:
+        raise DataError(f"threshold placement {placement!r} is not one of "
+                        f"{', '.join(THRESHOLD_PLACEMENTS)}")
+    t, hi, f1, prec, rec = f1_optimal_interval(pos_energy, neg_energy)
+    if placement == "midpoint" and math.isfinite(hi):
+        mid = t + (hi - t) / 2
+        t = mid if mid < hi else t  # adjacent floats: no value strictly between
+    return t, f1, prec, rec
 
 
 def f1_at_threshold(pos_energy: Tensor, neg_energy: Tensor, threshold: float

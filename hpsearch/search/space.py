@@ -17,6 +17,8 @@ Example::
       optim.momentum: {type: uniform, low: 0.5, high: 0.99, when: {optim.optimizer: sgd}}
     metric: val_micro_f1
     mode: max
+    tie_break: val_loss         # optional: decides between epochs/runs with an equal metric
+    tie_break_mode: min
     budget: {num_samples: 8, max_epochs: 6, grace_period: 1}
     resources: {cpus_per_trial: 1}
 """
@@ -132,6 +134,8 @@ class SearchSpace(_Strict):
     search: dict[str, Dimension] = Field(default_factory=dict)
     metric: str = "val_micro_f1"
     mode: Literal["max", "min"] = "max"
+    tie_break: str | None = None  # second criterion when `metric` ties (best epoch and best run)
+    tie_break_mode: Literal["max", "min"] = "max"
     scheduler: Literal["asha", "fifo"] = "asha"
     sampler: Sampler = Field(default_factory=Sampler)
     budget: Budget = Field(default_factory=Budget)
@@ -144,6 +148,7 @@ class SearchSpace(_Strict):
         flat: dict[str, Any] = {
             "model.family": self.family, "data.name": self.dataset,
             "metric": self.metric, "mode": self.mode,
+            "tie_break": self.tie_break, "tie_break_mode": self.tie_break_mode,
             "optim.epochs": self.budget.max_epochs,
             "resources.num_workers": self.resources.num_workers,
             "resources.use_gpu": (self.resources.gpus_per_trial > 0

@@ -123,11 +123,7 @@ def preflight(space: SearchSpace, opts: SearchOptions
     else:  # build it once here: bad graphs/paths fail now, caches (features) are shared
         from hpsearch.train.experiment import build_experiment
 
-        names = build_experiment(cfg).evaluate("val")
-        if cfg.metric.removeprefix("val_") not in names:
-            raise ConfigError(f"metric: {cfg.metric!r} is not produced by family "
-                              f"{cfg.model.family!r}; choose one of: "
-                              f"{', '.join('val_' + k for k in sorted(names))}")
+        _require_metrics(cfg, set(build_experiment(cfg).evaluate("val")))
     tracker = tracker or make_tracker()
     tracker.check()
     return tracker, cfg, overrides
@@ -153,10 +149,15 @@ def check_metric(cfg: Any, data: Any) -> None:
                          calibrate=True, retrieval_sim=sim))
     if "hp_at_1" in names:  # the larger cut-offs exist once the split has more than k images
         names |= {"hp_at_10", "hp_at_50", "hp_at_100"}
-    if cfg.metric.removeprefix("val_") not in names:
-        raise ConfigError(f"metric: {cfg.metric!r} is not produced by family "
-                          f"{cfg.model.family!r}; choose one of: "
-                          f"{', '.join('val_' + k for k in sorted(names))}")
+    _require_metrics(cfg, names)
+
+
+def _require_metrics(cfg: Any, names: set[str]) -> None:
+    for what, m in (("metric", cfg.metric), ("tie_break", cfg.tie_break)):
+        if m is not None and m.removeprefix("val_") not in names:
+            raise ConfigError(f"{what}: {m!r} is not produced by family "
+                              f"{cfg.model.family!r}; choose one of: "
+                              f"{', '.join('val_' + k for k in sorted(names))}")
 
 
 def _max_concurrent(space: SearchSpace, opts: SearchOptions, per_trial: dict[str, float]

@@ -86,13 +86,22 @@ class BestSoFar:
     value: float = math.nan
     epoch: int = -1
     test: dict[str, float] | None = None
+    tie: float = math.nan  # the tie-break metric at the best epoch (NaN: none configured)
 
-    def improves(self, v: float, mode: str) -> bool:
+    def improves(self, v: float, mode: str, tie: float = math.nan,
+                 tie_mode: str = "max") -> bool:
+        """Strictly better ``v``; or an equal ``v`` with a strictly better ``tie``."""
         if math.isnan(v):
             return False
         if math.isnan(self.value):
             return True
-        return v > self.value if mode == "max" else v < self.value
+        if v != self.value:
+            return v > self.value if mode == "max" else v < self.value
+        if math.isnan(tie):
+            return False
+        if math.isnan(self.tie):
+            return True
+        return tie > self.tie if tie_mode == "max" else tie < self.tie
 
 
 def save_checkpoint(path: Path, exp: Experiment, epoch: int, best: BestSoFar,
@@ -142,19 +151,22 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
             best_state = torch.load(Path(resume_from) / BEST_FILE, map_location="cpu",
                                     weights_only=False)["experiment"]
     metric = cfg.metric.removeprefix("val_")
+    tie = cfg.tie_break.removeprefix("val_") if cfg.tie_break else None
     for epoch in range(start, cfg.optim.epochs):
         train = exp.train_one_epoch(epoch)
         if (epoch + 1) % cfg.optim.eval_every and epoch + 1 < cfg.optim.epochs:
             continue  # not an evaluation epoch: the next report carries this epoch's training
         val = exp.evaluate("val")
-        if metric not in val:
-            from hpsearch.errors import ConfigError
+        for name, key in ((cfg.metric, metric), (cfg.tie_break, tie)):
+            if key is not None and key not in val:
+                from hpsearch.errors import ConfigError
 
-            raise ConfigError(f"metric {cfg.metric!r} is not produced by family "
-                              f"{cfg.model.family!r}; available: "
-                              f"{', '.join('val_' + k for k in sorted(val))}")
-        if best.improves(val[metric], cfg.mode):
-            best.value, best.epoch = val[metric], epoch
+                raise ConfigError(f"metric {name!r} is not produced by family "
+                                  f"{cfg.model.family!r}; available: "
+                                  f"{', '.join('val_' + k for k in sorted(val))}")
+        tie_v = float(val[tie]) if tie is not None else math.nan
+        if best.improves(val[metric], cfg.mode, tie_v, cfg.tie_break_mode):
+            best.value, best.epoch, best.tie = val[metric], epoch, tie_v
             best.test = exp.evaluate("test")
             best_state = _cpu_copy(inference_state(exp.state_dict()))
             reports = exp.reports("test") if hasattr(exp, "reports") else {}
@@ -164,6 +176,8 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
         metrics.update({f"test_{k}": v for k, v in (best.test or {}).items()})
         metrics["best_epoch"] = float(best.epoch + 1)
         metrics[f"best_{cfg.metric}"] = best.value
+        if cfg.tie_break:
+            metrics[f"best_{cfg.tie_break}"] = best.tie
         ckpt = staging_dir("ckpt") if ctx.is_main else None
         try:
             if ckpt is not None:
