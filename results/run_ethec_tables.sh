@@ -6,6 +6,9 @@
 # usage: results/run_ethec_tables.sh [CELL ...]     run the named cells (default: all, in the
 #                                                  order they were run), then collect
 #        results/run_ethec_tables.sh collect       only rebuild the CSV from the MLflow stores
+#        results/run_ethec_tables.sh t61b          round t61b: one search per Table 6.1 cell on
+#                                                  one code version (tie_break val_edge_gap), then
+#                                                  results/ethec_t61_midpoint.py t61b
 #
 # CELL is a search-space stem without "ethec_", e.g. t61_euclidean_cone_d10 or
 # t62_hyperbolic_cone_d100.  Scratch (MLflow SQLite stores, Ray state, logs) goes to
@@ -149,6 +152,14 @@ for r in rows:
 EOF
 }
 
+if [[ "${1:-}" == "t61b" ]]; then
+  # the two *_g60 searches (second searches of the d = 3 cells) ran after the other ten
+  for c in oe_d2 oe_d3 oe_d5 oe_d10 oe_d100 ec_d2 ec_d3 ec_d5 ec_d10 ec_d100 oe_d3_g60 ec_d3_g60; do
+    run_cell "t61b_$c"
+  done
+  python results/ethec_t61_midpoint.py t61b "$EVID"
+  exit 0
+fi
 if [[ "${1:-}" == "collect" ]]; then
   collect
   exit 0
