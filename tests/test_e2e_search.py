@@ -227,6 +227,7 @@ fixed:
 search:
   optim.lr: {type: loguniform, low: 0.01, high: 0.1}
 metric: val_edge_f1
+tie_break: val_edge_gap
 budget: {num_samples: 1, max_epochs: 2}
 """
 
@@ -266,4 +267,7 @@ def test_staged_search_label_only_then_joint(tmp_path):
                                   "and run_uuid in (select run_uuid from tags where key = "
                                   "'hpsearch.family' and value = 'euclidean_cone')")
     assert init_from == stage1_ckpt  # the reference resolved to stage 1's best checkpoint
+    # the tie-break's value at the best epoch and the midpoint-threshold test F1 reach MLflow
+    for key in ("best_val_edge_gap", "test_edge_f1_midpoint", "test_threshold_midpoint"):
+        assert mlflow_rows(db, f"select count(*) from metrics where key = '{key}'")[0][0] > 0
     assert mlflow_rows(db, "select count(*) from metrics where key = 'test_micro_f1'")[0][0] > 0
