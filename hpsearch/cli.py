@@ -309,15 +309,43 @@ def cmd_report(args: argparse.Namespace) -> int:
         net = p.get("model.backbone") or (
             f"features of {p['model.params.feature_checkpoint']}"
             if p.get("model.params.feature_checkpoint") not in (None, "None") else "-")
+        src = p.get("data.params.label_source")  # label-only runs: the hierarchy's source
+        data = f"labels: {src}" if src not in (None, "None", "dataset") else p.get("data.name")
         print(f"### run {r.info.run_id}  ({p.get('model.family')}, {net}, "
-              f"{p.get('data.name')}; best epoch {int(m.get('best_epoch', 0))} of "
+              f"{data}; best epoch {int(m.get('best_epoch', 0))} of "
               f"{r.data.tags.get('hpsearch.epochs_run', '?')}; {args.split} split)\n")
-        print(thesis_table(m, sizes, args.split, names))
+        if levels or not any(k.startswith(f"{args.split}_edge_f1") for k in m):
+            print(thesis_table(m, sizes, args.split, names))
+        else:  # label-only embeddings: no per-level classification, edge and graph metrics
+            print(_edge_table(m, args.split))
         shown = {k: m[f"{args.split}_{k}"] for k in extra if f"{args.split}_{k}" in m}
         if shown:
             print("\n" + "  ".join(f"{args.split}_{k} = {v:.4f}" for k, v in shown.items()))
         print()
     return 0
+
+
+EDGE_ROWS = (("held-out edges, thesis threshold (Table 6.1)",
+              ("edge_f1", "edge_precision", "edge_recall", "threshold")),
+             ("held-out edges, midpoint threshold",
+              ("edge_f1_midpoint", "edge_precision_midpoint", "edge_recall_midpoint",
+               "threshold_midpoint")))
+
+
+def _edge_table(m: dict[str, float], split: str) -> str:
+    """Edge prediction and graph reconstruction of a label-embedding run as Markdown."""
+    def cell(k: str) -> str:
+        return f"{m[f'{split}_{k}']:.4f}" if f"{split}_{k}" in m else "-"
+
+    lines = ["| edges | F1 | precision | recall | threshold |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | " + " | ".join(cell(k) for k in keys) + " |"
+              for name, keys in EDGE_ROWS]
+    lines += ["", "| graph reconstruction (Table 6.2) | TPR | TNR | full-F1 | basic-F1 |",
+              "|---|---|---|---|---|",
+              "| all ordered label pairs | " + " | ".join(
+                  cell(k) for k in ("recon_tpr", "recon_tnr", "full_f1", "recon_basic_f1"))
+              + " |"]
+    return "\n".join(lines)
 
 
 def _levels_of(run, n_levels: int) -> tuple[list[int], list[str] | None]:

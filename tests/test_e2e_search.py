@@ -270,4 +270,13 @@ def test_staged_search_label_only_then_joint(tmp_path):
     # the tie-break's value at the best epoch and the midpoint-threshold test F1 reach MLflow
     for key in ("best_val_edge_gap", "test_edge_f1_midpoint", "test_threshold_midpoint"):
         assert mlflow_rows(db, f"select count(*) from metrics where key = '{key}'")[0][0] > 0
+    # report on a label-only run: the edge and reconstruction tables, not an empty level table
+    rep = cli("report", "--experiment", "stage1", "--metric", "val_edge_f1", "--tie-break",
+              "val_edge_gap", "--results-dir", str(res), cwd=tmp_path, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    f1 = mlflow_rows(db, "select value from metrics where key = 'test_edge_f1' and run_uuid in "
+                         "(select run_uuid from tags where key = 'hpsearch.family' and value = "
+                         "'euclidean_cone') order by step desc limit 1")[0][0]
+    assert f"| held-out edges, thesis threshold (Table 6.1) | {f1:.4f} |" in rep.stdout
+    assert "labels: dataset" not in rep.stdout and "| all ordered label pairs |" in rep.stdout
     assert mlflow_rows(db, "select count(*) from metrics where key = 'test_micro_f1'")[0][0] > 0
