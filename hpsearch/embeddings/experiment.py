@@ -47,10 +47,10 @@ from hpsearch.embeddings.splits import (
 )
 from hpsearch.errors import ConfigError, DataError, NonFiniteLossError
 from hpsearch.metrics.edges import (
-    best_threshold_f1,
     embedding_reconstruction,
     f1_at_threshold,
     f1_optimal_interval,
+    place_threshold,
 )
 from hpsearch.models.base import task_params
 from hpsearch.models.embedding_families import (
@@ -217,7 +217,7 @@ class LabelEmbeddingExperiment:
         lo, hi = f1_optimal_interval(e_pos, e_neg)[:2]
         if split == "val":
             self.threshold = lo
-            self.threshold_midpoint = best_threshold_f1(e_pos, e_neg, placement="midpoint")[0]
+            self.threshold_midpoint = place_threshold(lo, hi, "midpoint")
         elif self.threshold is None or self.threshold_midpoint is None:
             self._edge_metrics("val")
         # width of this split's interval of F1-optimal thresholds in units of the margin α:

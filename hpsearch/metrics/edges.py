@@ -89,11 +89,20 @@ def best_threshold_f1(pos_energy: Tensor, neg_energy: Tensor, *, placement: str 
     if placement not in THRESHOLD_PLACEMENTS:
         raise DataError(f"threshold placement {placement!r} is not one of "
                         f"{', '.join(THRESHOLD_PLACEMENTS)}")
-    t, hi, f1, prec, rec = f1_optimal_interval(pos_energy, neg_energy)
-    if placement == "midpoint" and math.isfinite(hi):
-        mid = t + (hi - t) / 2
-        t = mid if mid < hi else t  # adjacent floats: no value strictly between
-    return t, f1, prec, rec
+    lo, hi, f1, prec, rec = f1_optimal_interval(pos_energy, neg_energy)
+    return place_threshold(lo, hi, placement), f1, prec, rec
+
+
+def place_threshold(lo: float, hi: float, placement: str) -> float:
+    """A threshold in the F1-optimal interval [lo, hi): ``lo`` (``"lowest"``) or its middle
+    (``"midpoint"``; ``lo`` when hi is infinite or no float lies strictly between)."""
+    if placement not in THRESHOLD_PLACEMENTS:
+        raise DataError(f"threshold placement {placement!r} is not one of "
+                        f"{', '.join(THRESHOLD_PLACEMENTS)}")
+    if placement == "lowest" or not math.isfinite(hi):
+        return lo
+    mid = lo + (hi - lo) / 2
+    return mid if mid < hi else lo
 
 
 def f1_at_threshold(pos_energy: Tensor, neg_energy: Tensor, threshold: float
