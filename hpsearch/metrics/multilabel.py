@@ -16,8 +16,6 @@ F1 = 2PR / (P + R + 1e-6); here F1 = 2TP / (2TP + FP + FN), the same value witho
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
@@ -123,24 +121,3 @@ def tpr_tnr(pred: Tensor, true: Tensor) -> tuple[float, float]:
     tp, fn = int((p & t).sum()), int((~p & t).sum())
     tn, fp = int((~p & ~t).sum()), int((p & ~t).sum())
     return (tp / (tp + fn) if tp + fn else 0.0, tn / (tn + fp) if tn + fp else 0.0)
-
-
-def hit_at_k(scores_per_level: Sequence[Tensor], labels: Tensor, k: int) -> list[float]:
-    """Per level, the fraction of images whose true label is among the ``k`` highest scores.
-
-    Args:
-        scores_per_level: one ``[N, n_l]`` score tensor per level.
-        labels: ``[N, L]`` true local labels.
-        k: list length; clipped to ``n_l`` on small levels.
-    """
-    if k < 1:
-        raise ValueError(f"hit_at_k: k must be >= 1, got {k}")
-    if labels.dim() != 2 or labels.shape[1] != len(scores_per_level):
-        raise ValueError(f"hit_at_k: labels {tuple(labels.shape)} must be [N, "
-                         f"{len(scores_per_level)}] (one column per level)")
-    out = []
-    for lvl, s in enumerate(scores_per_level):
-        top = s.topk(min(k, s.shape[-1]), dim=-1).indices  # [N, k]
-        hit = (top == labels[:, lvl : lvl + 1].to(top.device)).any(-1)
-        out.append(float(hit.double().mean()))
-    return out
