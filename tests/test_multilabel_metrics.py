@@ -9,7 +9,6 @@ import torch
 
 from hpsearch.metrics.multilabel import (
     best_f1_threshold,
-    hit_at_k,
     labels_per_image_stats,
     one_fits_all_threshold,
     per_class_thresholds,
@@ -88,14 +87,3 @@ def test_tpr_tnr():
     assert tpr_tnr(pred, true) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
     assert tpr_tnr(torch.zeros(1, 2, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.bool)) \
         == (0.0, 1.0)
-
-
-def test_hit_at_k():
-    s0 = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
-    s1 = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6]])
-    labels = torch.tensor([[1, 1], [1, 0]])
-    assert hit_at_k([s0, s1], labels, 1) == [0.5, 0.0]
-    assert hit_at_k([s0, s1], labels, 2) == [1.0, 0.5]  # level 0 clipped to k = 2
-    assert hit_at_k([s0, s1], labels, 5) == [1.0, 1.0]
-    with pytest.raises(ValueError, match="k must be"):
-        hit_at_k([s0], labels[:, :1], 0)
