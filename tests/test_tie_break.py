@@ -107,3 +107,22 @@ def test_best_runs_break_ties_by_the_tie_break_metric(tmp_path: Path):
     order = [ids[r.info.run_id] for r in t.best_runs(
         "val_edge_f1", "max", 4, tie_break="val_edge_gap", tie_break_mode="min")]
     assert order == ["a", "d", "b", "c"]
+
+
+def test_readme_search_space_example_is_valid_and_its_tie_break_exists():
+    """The README's YAML example (with tie_break) validates and passes the metric pre-flight."""
+    import re
+
+    import yaml
+
+    from hpsearch.data import load_dataset
+    from hpsearch.search.tuner import check_metric
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "tie_break" in b)
+    raw = yaml.safe_load(block)
+    raw["fixed"]["data.params"] = {"level_sizes": [2, 4], "max_per_leaf": 12, "min_per_leaf": 6,
+                                   "amplitudes": [0.5, 0.3], "grids": [2, 4]}
+    cfg = validate_space(raw).resolve({})
+    assert cfg.tie_break == raw["tie_break"]
+    check_metric(cfg, load_dataset(cfg.data))  # raises ConfigError for a metric never logged

@@ -17,8 +17,7 @@ Example::
       optim.momentum: {type: uniform, low: 0.5, high: 0.99, when: {optim.optimizer: sgd}}
     metric: val_micro_f1
     mode: max
-    tie_break: val_loss         # optional: decides between epochs/runs with an equal metric
-    tie_break_mode: min
+    tie_break: val_macro_f1     # optional: decides between epochs/runs with an equal metric
     budget: {num_samples: 8, max_epochs: 6, grace_period: 1}
     resources: {cpus_per_trial: 1}
 """
