@@ -74,7 +74,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if out.best and out.best.get("value") is not None:
         print(f"best {out.best['metric']} = {out.best['value']:.4f}")
     t = _tracker_for(out.tracking_uri, out.experiment)
-    _print_best(t, space.metric, space.mode, 3, runs=t.best_runs(
+    _print_best(t, space.metric, t.best_runs(
         space.metric, space.mode, 3, search_id=out.search_id, tie_break=space.tie_break,
         tie_break_mode=space.tie_break_mode))
     if args.export_best:
@@ -99,12 +99,10 @@ def _export_best(out, space, dest: str) -> Path:
     return bundle
 
 
-def _print_best(t, metric: str, mode: str, top: int, search_id: str | None = None,
-                runs: list | None = None) -> None:
-    """Table of the best trial runs (``runs`` when the caller already fetched them)."""
+def _print_best(t, metric: str, runs: list) -> None:
+    """Table of the best trial runs, as ``Tracker.best_runs`` ranked them."""
     from hpsearch.tracking import summarize_params
 
-    runs = t.best_runs(metric, mode, top, search_id=search_id) if runs is None else runs
     if not runs:
         print(f"no runs with metric {metric!r} in experiment {t.experiment_name!r}")
         return
@@ -134,7 +132,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     if not runs:
         raise HpsearchError(f"no trial runs with metric {args.metric!r} in experiment "
                             f"{args.experiment!r}")
-    _print_best(t, args.metric, args.mode, args.top, runs=runs)
+    _print_best(t, args.metric, runs)
     return 0
 
 
