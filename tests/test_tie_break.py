@@ -12,9 +12,9 @@ from hpsearch.config import TrialConfig
 from hpsearch.errors import ConfigError
 from hpsearch.metrics.edges import f1_optimal_interval
 from hpsearch.search.space import validate_space
-from hpsearch.search.tuner import _require_metrics, search_tracker
+from hpsearch.search.tuner import search_tracker
 from hpsearch.tracking import default_tracking_uri
-from hpsearch.train.driver import BestSoFar, DirectoryReporter, run_trial
+from hpsearch.train.driver import BestSoFar, DirectoryReporter, require_metrics, run_trial
 
 
 def test_best_so_far_orders_by_metric_then_tie_break():
@@ -79,9 +79,9 @@ def test_tie_break_must_be_a_validation_metric_and_reaches_the_trial_config():
     cfg = validate_space(raw, check_registries=False).resolve({})
     assert (cfg.tie_break, cfg.tie_break_mode) == ("val_edge_gap", "max")
     with pytest.raises(ConfigError, match="tie_break: 'val_edge_gapp' is not produced"):
-        _require_metrics(cfg.model_copy(update={"tie_break": "val_edge_gapp"}),
+        require_metrics(cfg.model_copy(update={"tie_break": "val_edge_gapp"}),
                          {"edge_f1", "edge_gap"})
-    _require_metrics(cfg, {"edge_f1", "edge_gap"})
+    require_metrics(cfg, {"edge_f1", "edge_gap"})
 
 
 def test_f1_optimal_interval():

@@ -121,9 +121,10 @@ def preflight(space: SearchSpace, opts: SearchOptions
     if FAMILIES.get(cfg.model.family).task == "classifier":
         check_metric(cfg, load_dataset(cfg.data))
     else:  # build it once here: bad graphs/paths fail now, caches (features) are shared
+        from hpsearch.train.driver import require_metrics
         from hpsearch.train.experiment import build_experiment
 
-        _require_metrics(cfg, set(build_experiment(cfg).evaluate("val")))
+        require_metrics(cfg, set(build_experiment(cfg).evaluate("val")))
     tracker = tracker or make_tracker()
     tracker.check()
     return tracker, cfg, overrides
@@ -135,6 +136,7 @@ def check_metric(cfg: Any, data: Any) -> None:
     import torch
 
     from hpsearch.models import build_model
+    from hpsearch.train.driver import require_metrics
     from hpsearch.train.loop import Preprocess, evaluate, leaf_similarity
 
     in_ch = 1 if cfg.model.grayscale else data.channels
@@ -149,15 +151,8 @@ def check_metric(cfg: Any, data: Any) -> None:
                          calibrate=True, retrieval_sim=sim))
     if "hp_at_1" in names:  # the larger cut-offs exist once the split has more than k images
         names |= {"hp_at_10", "hp_at_50", "hp_at_100"}
-    _require_metrics(cfg, names)
+    require_metrics(cfg, names)
 
-
-def _require_metrics(cfg: Any, names: set[str]) -> None:
-    for what, m in (("metric", cfg.metric), ("tie_break", cfg.tie_break)):
-        if m is not None and m.removeprefix("val_") not in names:
-            raise ConfigError(f"{what}: {m!r} is not produced by family "
-                              f"{cfg.model.family!r}; choose one of: "
-                              f"{', '.join('val_' + k for k in sorted(names))}")
 
 
 def _max_concurrent(space: SearchSpace, opts: SearchOptions, per_trial: dict[str, float]

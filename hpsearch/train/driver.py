@@ -104,6 +104,18 @@ class BestSoFar:
         return tie > self.tie if tie_mode == "max" else tie < self.tie
 
 
+def require_metrics(cfg: TrialConfig, names: set[str]) -> None:
+    """``cfg.metric`` and ``cfg.tie_break`` must be among the metric names (without ``val_``)
+    the family evaluates, else :class:`ConfigError` listing the ones it has."""
+    from hpsearch.errors import ConfigError
+
+    for what, m in (("metric", cfg.metric), ("tie_break", cfg.tie_break)):
+        if m is not None and m.removeprefix("val_") not in names:
+            raise ConfigError(f"{what}: {m!r} is not produced by family "
+                              f"{cfg.model.family!r}; choose one of: "
+                              f"{', '.join('val_' + k for k in sorted(names))}")
+
+
 def save_checkpoint(path: Path, exp: Experiment, epoch: int, best: BestSoFar,
                     best_state: dict[str, Any] | None,
                     reports: dict[str, str] | None = None) -> None:
@@ -157,13 +169,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
         if (epoch + 1) % cfg.optim.eval_every and epoch + 1 < cfg.optim.epochs:
             continue  # not an evaluation epoch: the next report carries this epoch's training
         val = exp.evaluate("val")
-        for name, key in ((cfg.metric, metric), (cfg.tie_break, tie)):
-            if key is not None and key not in val:
-                from hpsearch.errors import ConfigError
-
-                raise ConfigError(f"metric {name!r} is not produced by family "
-                                  f"{cfg.model.family!r}; available: "
-                                  f"{', '.join('val_' + k for k in sorted(val))}")
+        require_metrics(cfg, set(val))
         tie_v = float(val[tie]) if tie is not None else math.nan
         if best.improves(val[metric], cfg.mode, tie_v, cfg.tie_break_mode):
             best.value, best.epoch, best.tie = val[metric], epoch, tie_v
