@@ -7,6 +7,7 @@ normalised and augmented there, so a GPU does the per-pixel work and the CPU onl
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -204,20 +205,27 @@ def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bo
     pred = head.predict_multihot(outputs)
     true = levels_to_multihot(level_labels, h.offsets, h.num_nodes)
     metrics = level_metrics(pred, true, h.offsets, h.level_sizes)
+
+    @functools.cache
+    def decided() -> tuple[list[Tensor], Tensor]:  # read by both blocks below: computed once
+        """Per-level probabilities and the head's own per-level decision, on the CPU."""
+        return [p.cpu() for p in head.level_probs(outputs)], head.predict_levels(outputs).cpu()
+
     if head.decision == "argmax" and h.is_leveled:
         from hpsearch.metrics.hierarchical import hierarchical_metric_suite
 
-        probs = [p.cpu() for p in head.level_probs(outputs)]
+        probs, pred_levels = decided()
         metrics.update(hierarchical_metric_suite(
             probs, level_labels.cpu(), h, lca_height_matrix=lca_heights,
-            pred_levels=head.predict_levels(outputs).cpu()))  # the head's own decision
+            pred_levels=pred_levels))  # the head's own decision
     metrics.update(head.eval_metrics(outputs, level_labels))
     if retrieval_sim is not None and "mahp_250" not in metrics and len(outputs) >= 3:
         from hpsearch.metrics.retrieval import balanced_accuracy, retrieval_metrics
 
-        leaf = head.level_probs(outputs)[-1].float().cpu()
+        probs, pred_levels = decided()
+        leaf = probs[-1].float()
         y = level_labels[:, -1].cpu()
-        top = head.predict_levels(outputs)[:, -1].cpu()  # the head's leaf decision
+        top = pred_levels[:, -1]  # the head's leaf decision
         metrics.setdefault("accuracy", float((top == y).double().mean()))
         metrics.setdefault("balanced_accuracy", balanced_accuracy(top, y))
         k = min(250, len(outputs) - 1)
