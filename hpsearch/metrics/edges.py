@@ -86,9 +86,6 @@ def best_threshold_f1(pos_energy: Tensor, neg_energy: Tensor, *, placement: str 
         DataError: no positives (F1 is undefined), or an unknown ``placement``.
         NonFiniteLossError: an energy is NaN/inf.
     """
-    if placement not in THRESHOLD_PLACEMENTS:
-        raise DataError(f"threshold placement {placement!r} is not one of "
-                        f"{', '.join(THRESHOLD_PLACEMENTS)}")
     lo, hi, f1, prec, rec = f1_optimal_interval(pos_energy, neg_energy)
     return place_threshold(lo, hi, placement), f1, prec, rec
 
