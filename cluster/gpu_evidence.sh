@@ -53,20 +53,20 @@ wordnet)
   for fam_dim_bs in hyperbolic_cone:10:1024 hyperbolic_cone:10:16384 hyperbolic_cone:100:16384 \
                     euclidean_cone:10:16384 order_embedding:10:16384; do
     IFS=: read -r fam d bs <<< "$fam_dim_bs"
-    $py -m hpsearch.benchmarks label-throughput --family "$fam" --dim "$d" --batch-size "$bs" \
+    $py -m hpsearch.bench label-throughput --family "$fam" --dim "$d" --batch-size "$bs" \
         --device "$dev" --epochs 3 --ceiling-batch 1048576 \
         --source-param dir=/tmp/wordnet --source-param root=entity.n.01 \
         --json "$out/wordnet_${fam}_d${d}_b${bs}.json" 2>&1 | tail -1 | tee -a "$out/wordnet.log"
   done ;;
 pipeline)
   for model in small_cnn resnet50; do
-    $py -m hpsearch.benchmarks input-pipeline --dataset cifar10 \
+    $py -m hpsearch.bench input-pipeline --dataset cifar10 \
         --archive "$PWD/.devdata/cifar10-jpg.tar.gz" --limit-per-class 500 --image-size 224 \
         --model "$model" --batch-size 256 --batches 20 --device "$dev" --num-workers 8 \
         --json "$out/pipeline_$model.json" 2>&1 | tail -12 | tee -a "$out/pipeline.log"
   done
   # 448 -> 224 decode + resize per method, incl. the cache build's nvJPEG batch path
-  $py -m hpsearch.benchmarks resize --n 256 --threads 1 --json "$out/resize.json" 2>&1 \
+  $py -m hpsearch.bench resize --n 256 --threads 1 --json "$out/resize.json" 2>&1 \
       | tail -9 | tee -a "$out/pipeline.log" ;;
 cifar10)
   timeout 720 $py -m hpsearch.cli search search_spaces/cifar10_gpu.yaml \

@@ -19,9 +19,14 @@ from typing import Any
 
 import torch
 
-from hpsearch.config import validate_trial
+from hpsearch.data.cache import decode_image
+from hpsearch.data.transforms import Preprocess
 from hpsearch.errors import ExportError
 from hpsearch.hierarchy import Hierarchy
+from hpsearch.models import build_model
+from hpsearch.models.hedging import hedged_paths, predicted_path
+from hpsearch.tasks import TASKS, Experiment, task_of, validate_trial
+from hpsearch.tasks.classifier import PredictProgram
 
 FORMAT_VERSION = 1
 
@@ -34,10 +39,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_bundle(exp: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def write_bundle(exp: Experiment, out_dir: str | Path,
+                 extra: dict[str, Any] | None = None) -> Path:
     """Export experiment ``exp`` (its current weights) into ``out_dir``."""
-    from hpsearch.models import FAMILIES
-
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty; choose a new --out directory")
@@ -49,14 +53,13 @@ def write_bundle(exp: Any, out_dir: str | Path, extra: dict[str, Any] | None = N
     cfg = exp.cfg
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "task": FAMILIES.get(cfg.model.family).task, "family": cfg.model.family,
+        "task": task_of(cfg).name, "family": cfg.model.family,
         "dataset": cfg.data.name, "torch": torch.__version__, **(extra or {}),
     }
     manifest.update(exp.export(out))
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
-    hierarchy = getattr(exp, "hierarchy", None)
-    if hierarchy is not None:
-        (out / "hierarchy.json").write_text(json.dumps(hierarchy.to_dict()))
+    if exp.hierarchy is not None:
+        (out / "hierarchy.json").write_text(json.dumps(exp.hierarchy.to_dict()))
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json")
     manifest["files"] = {f: _sha256(out / f) for f in files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -123,8 +126,6 @@ def load_bundle(path: str | Path) -> Bundle:
 def read_images(paths: Sequence[str | Path], size: int, channels: int = 3) -> torch.Tensor:
     """Decode image files into uint8 ``[B, size, size, C]`` exactly as the training cache does
     (:func:`hpsearch.data.cache.decode_image`: same decoders, 16-bit scaling, resize)."""
-    from hpsearch.data.cache import decode_image
-
     out = []
     for path in paths:
         path = Path(path)
@@ -138,7 +139,8 @@ class Predictor:
     """Per-level probabilities for images, from a classifier bundle."""
 
     def __init__(self, bundle: Bundle) -> None:
-        if bundle.manifest.get("task") != "classifier":
+        task = bundle.manifest.get("task")
+        if task not in TASKS or TASKS.get(task).exports != "predictor":
             raise ExportError(f"bundle {bundle.path} holds a {bundle.manifest.get('task')!r} "
                               "model; 'predict' needs an image classifier")
         self.bundle = bundle
@@ -147,10 +149,6 @@ class Predictor:
         if "program" in bundle.manifest:
             self.fn = torch.export.load(str(bundle.path / bundle.manifest["program"])).module()
         else:  # the family did not export: rebuild it from config + weights
-            from hpsearch.models import build_model
-            from hpsearch.train.classifier import PredictProgram
-            from hpsearch.train.loop import Preprocess
-
             cfg = bundle.config
             in_ch = 1 if cfg.model.grayscale else self.pre["channels"]
             model = build_model(cfg.model, self.h, in_ch)
@@ -193,8 +191,6 @@ def label_paths(h: Hierarchy, probs: list[torch.Tensor], hedge: float | None = N
     consistent path), each node with its probability at its level. With ``hedge=τ`` the path
     stops before the first level whose confidence is below τ (see
     :mod:`hpsearch.models.hedging`; ``cumulative`` multiplies probabilities along the path)."""
-    from hpsearch.models.hedging import hedged_paths, predicted_path
-
     path = predicted_path(probs, h)
     depth = torch.full((len(path),), h.num_levels)
     if hedge is not None:

@@ -1,21 +1,31 @@
-"""Frozen, validated trial configuration.
+"""Frozen, validated sections of a trial's configuration, and dotted-key helpers.
 
-A trial's sampled values (dotted keys such as ``optim.lr``) are merged into the fixed values of
-a search space and validated into a :class:`TrialConfig` before anything below the trainable
-boundary sees them. Unknown keys are errors that name the key and the allowed ones.
+``data``, ``model``, ``optim`` and ``resources`` are defined here, below every layer that reads
+them. The whole trial config, whose ``model.params`` is typed by the model family, is
+:class:`hpsearch.tasks.TrialConfig`: it needs the family registry, which lives above this
+module. Unknown keys are errors that name the key and the allowed ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from hpsearch.errors import ConfigError
 
 
 class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class FamilyParams(BaseModel):
+    """Base of a model family's typed ``model.params``; unknown keys are errors.
+
+    Each family registers a subclass (:func:`hpsearch.models.register_family`); the trial
+    config (:class:`hpsearch.tasks.TrialConfig`) validates ``model.params`` into it once.
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
 
@@ -39,7 +49,8 @@ class ModelConfig(_Frozen):
     freeze_backbone: bool = False  # train only the head (thesis --freeze_weights)
     grayscale: bool = False  # feed 1-channel images (thesis Table 4.9)
     width: int = Field(32, gt=0)  # channels of the small CNN's first stage
-    params: dict[str, Any] = Field(default_factory=dict)  # family-specific options
+    # the family's own options, typed by the family (validated by TrialConfig, never re-parsed)
+    params: SerializeAsAny[FamilyParams] = Field(default_factory=lambda: FamilyParams())
 
 
 class OptimConfig(_Frozen):
@@ -60,70 +71,53 @@ class OptimConfig(_Frozen):
     channels_last: bool = True  # only on CUDA
 
 
+# optim keys that only mean something under one optimizer / schedule (not logged otherwise)
+OPTIM_ONLY_WHEN: dict[str, tuple[str, tuple[str, ...]]] = {
+    "optim.momentum": ("optim.optimizer", ("sgd",)),
+    "optim.step_size": ("optim.schedule", ("step",)),
+    "optim.sgdr_period": ("optim.schedule", ("sgdr",)),
+    "optim.sgdr_mult": ("optim.schedule", ("sgdr",)),
+}
+
+
 class ResourceConfig(_Frozen):
-    num_workers: int = Field(1, gt=0)  # DDP workers; >1 (or force_trainer) uses TorchTrainer
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)
-    force_trainer: bool = False  # run single-worker trials through TorchTrainer too
+    """What one trial asks of the cluster: the search space's ``resources`` block, carried
+    whole into every trial's config (one schema, one set of defaults)."""
+
+    cpus_per_trial: float = Field(1.0, gt=0)  # in-process trial (one worker)
+    gpus_per_trial: float = Field(0.0, ge=0)  # fractions share a GPU between trials
+    num_workers: int = Field(1, gt=0)  # >1: DDP through a Ray Train TorchTrainer
+    cpus_per_worker: float = Field(1.0, gt=0)  # TorchTrainer workers
+    gpus_per_worker: float = Field(0.0, ge=0)  # 0 with use_gpu: one GPU per worker
+    driver_cpus: float = Field(0.5, ge=0)  # the Tune trial that drives a TorchTrainer
+    force_trainer: bool = False  # TorchTrainer even for one worker
+    max_failures: int = Field(1, ge=0)  # Tune retries of a failed trial (from its checkpoint)
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_trial > 0 or self.gpus_per_worker > 0
+
+    @property
+    def trainer_path(self) -> bool:
+        """Whether trials run through a Ray Train TorchTrainer (DDP) instead of in-process."""
+        return self.num_workers > 1 or self.force_trainer
 
 
-class TrialConfig(_Frozen):
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    resources: ResourceConfig = Field(default_factory=ResourceConfig)
-    seed: int = 0
-    metric: str = "val_micro_f1"  # model selection inside the trial (best epoch)
-    mode: Literal["max", "min"] = "max"
-    # second criterion when ``metric`` ties (e.g. a val F1 saturated at 1.0): an epoch with an
-    # equal ``metric`` and a better ``tie_break`` becomes the best one; None keeps the earliest
-    tie_break: str | None = None
-    tie_break_mode: Literal["max", "min"] = "max"
-
-    @field_validator("metric", "tie_break")
-    @classmethod
-    def _metric_prefix(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("val_", "train_")):
-            raise ValueError(f"metric {v!r} must be a validation metric such as 'val_micro_f1'")
-        return v
-
-    # ------------------------------------------------------------------ dotted keys
-    @classmethod
-    def from_flat(cls, flat: Mapping[str, Any], base: TrialConfig | None = None) -> TrialConfig:
-        """Merge dotted-key overrides (``{"optim.lr": 0.1, "model.params.margin": 1}``)."""
-        tree = (base or cls()).model_dump()
-        for key, value in flat.items():
-            set_dotted(tree, key, value)
-        return validate_trial(tree)
-
-    def flatten(self) -> dict[str, Any]:
-        """The fully resolved config as ``{dotted.key: value}`` (for MLflow params)."""
-        out: dict[str, Any] = {}
-        flatten_into(self.model_dump(), out)
-        return out
-
-    def replace(self, **flat: Any) -> TrialConfig:
-        return TrialConfig.from_flat({k.replace("__", "."): v for k, v in flat.items()}, self)
-
-
-def validate_trial(tree: Mapping[str, Any]) -> TrialConfig:
-    try:
-        return TrialConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(one_line(e)) from None
+CONFIG_ERROR = "hpsearch_config"  # a validator's own ConfigError, passed through one_line whole
 
 
 def one_line(e: ValidationError) -> str:
     """First pydantic error as ``key: message``, the way a CLI user wants it."""
     err = e.errors()[0]
+    more = len(e.errors()) - 1
+    if err["type"] == CONFIG_ERROR:
+        return err["ctx"]["msg"] + (f" ({more} more errors)" if more else "")
     loc = ".".join(str(x) for x in err["loc"])
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif err["type"] == "literal_error":
         msg = f"got {err.get('input')!r}; {msg.lower()}"
-    more = len(e.errors()) - 1
     return f"{loc}: {msg}" + (f" ({more} more errors)" if more else "")
 
 

@@ -22,6 +22,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from hpsearch.errors import DataError, HierarchyError
 
@@ -297,18 +298,17 @@ class Hierarchy:
     @cached_property
     def closure_edges(self) -> np.ndarray:
         """Transitive closure as ``[E, 2]`` (ancestor, descendant) global indices, sorted."""
-        pairs = [(a, i) for i in range(self.num_nodes) for a in self.ancestors[i]]
-        return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+        return transitive_closure(self.parent_edges, self.num_nodes)
 
     @cached_property
     def basic_edges(self) -> np.ndarray:
         """Transitive reduction ``[E, 2]`` (parent, child): the edges no other path implies."""
-        pairs = []
-        for c, ps in enumerate(self.parents):
-            for p in ps:
-                # p->c is implied if another parent q of c has p as an ancestor
-                if not any(p in self.ancestors[q] for q in ps if q != p):
-                    pairs.append((p, c))
+        return transitive_reduction(self.closure_edges, self.num_nodes)
+
+    @cached_property
+    def parent_edges(self) -> np.ndarray:
+        """Every (parent, child) edge as given ``[E, 2]``, sorted (implied ones included)."""
+        pairs = [(p, c) for c, ps in enumerate(self.parents) for p in ps]
         return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
     @cached_property
@@ -412,3 +412,63 @@ def encode_level_labels(h: Hierarchy, rows: Iterable[Sequence[object]]) -> np.nd
                 )
         out.append([h.local_index(x) for x in g])
     return np.asarray(out, dtype=np.int64).reshape(-1, h.num_levels)
+
+
+# ---------------------------------------------------------------------- graph algorithms
+def _to_csr(edges: np.ndarray, n: int) -> sp.csr_matrix:
+    e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    m = sp.csr_matrix((np.ones(len(e), dtype=np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
+    m.sum_duplicates()
+    m.data[:] = 1
+    return m
+
+
+def _pairs(m: sp.spmatrix) -> np.ndarray:
+    m = sp.coo_matrix(m)
+    keep = m.data != 0
+    out = np.stack([m.row[keep], m.col[keep]], axis=1).astype(np.int64)
+    order = np.lexsort((out[:, 1], out[:, 0]))
+    return out[order].reshape(-1, 2)
+
+
+def transitive_closure(edges: np.ndarray, n: int) -> np.ndarray:
+    """All ``(ancestor, descendant)`` pairs reachable through ``(parent, child)`` edges.
+
+    R = A + A^2 + ... computed by frontier expansion: ``F <- (F A) \\ R``, ``R <- R + F``
+    until ``F`` is empty, i.e. one sparse product per path length (WordNet nouns: 19).
+
+    Raises:
+        HierarchyError: the graph has a cycle (a node reaches itself), naming one such node.
+    """
+    a = _to_csr(edges, n)
+    reach = a.copy()
+    frontier = a.copy()
+    while frontier.nnz:
+        step = frontier @ a
+        step.data[:] = 1
+        step = step - step.multiply(reach)
+        step.eliminate_zeros()
+        if step.nnz and (step.diagonal() != 0).any():
+            bad = int(np.flatnonzero(step.diagonal())[0])
+            raise HierarchyError(f"the label graph has a cycle through node index {bad}")
+        reach = reach + step
+        reach.data[:] = 1
+        frontier = step
+    if (reach.diagonal() != 0).any():
+        bad = int(np.flatnonzero(reach.diagonal())[0])
+        raise HierarchyError(f"the label graph has a cycle through node index {bad}")
+    return _pairs(reach)
+
+
+def transitive_reduction(closure: np.ndarray, n: int) -> np.ndarray:
+    """Basic edges of a DAG from its closure: ``(a, d)`` with no ``c`` such that a->c->d."""
+    r = _to_csr(closure, n)
+    implied = r @ r
+    implied.data[:] = 1
+    return _pairs(r - r.multiply(implied))
+
+
+def edge_difference(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """The pairs of ``a`` that are not in ``b`` (both ``[E, 2]`` over ``n`` nodes), sorted."""
+    ma, mb = _to_csr(a, n), _to_csr(b, n)
+    return _pairs(ma - ma.multiply(mb))

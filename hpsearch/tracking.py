@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import TrackingError
+from hpsearch.tasks.checkpoint import BEST_FILE, CHECKPOINT_FILE
 
 TAG = "hpsearch."
+CONFIG_ARTIFACT = "config.json"  # every trial run's fully resolved trial config
 DEFAULT_DB = Path("results") / "mlflow.db"
 
 
@@ -156,6 +158,20 @@ class Tracker:
     def log_artifacts(self, run_id: str, local_dir: str | Path, path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path=path)
 
+    def log_dict(self, run_id: str, data: dict[str, Any], name: str) -> None:
+        """``data`` as the JSON artifact ``name`` of the run (e.g. its trial config)."""
+        self.client.log_dict(run_id, data, name)
+
+    def load_dict(self, run_id: str, name: str) -> dict[str, Any] | None:
+        """The JSON artifact ``name`` of the run, or None when the run has none."""
+        import json
+        import tempfile
+
+        if not any(f.path == name for f in self.client.list_artifacts(run_id)):
+            return None
+        with tempfile.TemporaryDirectory() as d:
+            return json.loads(self.download(run_id, name, d).read_text())
+
     def download(self, run_id: str, path: str, dst: str | Path) -> Path:
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
@@ -175,8 +191,6 @@ class Tracker:
     def checkpoint_dir(self, run_id: str, dst: str | Path) -> Path:
         """A local directory holding the run's best checkpoint: Ray's checkpoint directory when
         it is still on disk, else the ``checkpoint/`` artifact downloaded under ``dst``."""
-        from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE
-
         run = self.get_run(run_id)
         ckpt = run.data.tags.get(f"{TAG}checkpoint")
         if ckpt and (Path(ckpt) / CHECKPOINT_FILE).exists():
@@ -281,6 +295,12 @@ class Tracker:
                                        max_results=limit)
         return [(r.info.run_id, r.data.tags.get(f"{TAG}error", "(no error recorded)"))
                 for r in runs]
+
+    def runs(self, role: str = "trial", max_results: int = 5000) -> list[Any]:
+        """The experiment's runs of one role (``trial`` or ``search``), newest first."""
+        return self.client.search_runs([self.existing_experiment_id()],
+                                       filter_string=f"tags.`{TAG}role` = '{role}'",
+                                       max_results=max_results)
 
     def count_runs(self, **tags: str) -> int:
         flt = " and ".join(f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items()) or None

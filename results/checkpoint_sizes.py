@@ -7,8 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from hpsearch.config import TrialConfig
-from hpsearch.train.driver import DirectoryReporter, run_trial
+from hpsearch.tasks.config import TrialConfig
+from hpsearch.tasks.runner import DirectoryReporter, run_trial
 
 data = {"level_sizes": [2, 4, 8], "max_per_leaf": 12, "min_per_leaf": 4,
         "amplitudes": [0.6, 0.4, 0.3], "grids": [2, 4, 8]}

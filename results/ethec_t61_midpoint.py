@@ -52,8 +52,8 @@ import numpy as np
 import torch
 import yaml
 
+from hpsearch.tasks.runner import experiment_from_checkpoint
 from hpsearch.tracking import Tracker
-from hpsearch.train.driver import experiment_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 THESIS = {("order_embedding", d): v for d, v in zip((2, 3, 5, 10, 100),
@@ -67,7 +67,7 @@ SAMPLER_CHANGE = datetime(2026, 11, 23, 1, 38, 40, tzinfo=timezone.utc)  # commi
 
 def old_sampler_module():
     src = subprocess.run(["git", "-C", str(ROOT), "show",
-                          "c478f8b^:hpsearch/embeddings/negatives.py"],
+                          "c478f8b^:hpsearch/data/negatives.py"],
                          check=True, capture_output=True, text=True).stdout
     spec = importlib.util.spec_from_loader("negatives_before_c478f8b", loader=None)
     mod = importlib.util.module_from_spec(spec)

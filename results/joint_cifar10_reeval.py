@@ -2,8 +2,8 @@
 experiment logs since this session (accuracy, mistake severity, path consistency)."""
 from pathlib import Path
 
+from hpsearch.tasks.runner import experiment_from_checkpoint
 from hpsearch.tracking import Tracker
-from hpsearch.train.driver import experiment_from_checkpoint
 
 uri = "sqlite:////tmp/evidence/cifar10/mlflow.db"
 for exp_name, prefix in [("joint_cifar10_order_embedding_r2", "3fc28b9a"),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpsearch.benchmarks import (
+from hpsearch.bench import (
     JpegFiles,
     compare_pipelines,
     extract_members,
@@ -109,7 +109,7 @@ def test_resize_benchmark_rows():
 
 
 def test_label_throughput_counts_the_epoch_it_times(tmp_path):
-    from hpsearch.benchmarks import label_throughput
+    from hpsearch.bench import label_throughput
 
     lines = [f"r c{i}" for i in range(4)] + [f"c{i} g{i}{j}" for i in range(4) for j in range(5)]
     f = tmp_path / "h.txt"
@@ -127,7 +127,7 @@ def test_label_throughput_counts_the_epoch_it_times(tmp_path):
 
 
 def test_trial_rows_show_what_the_search_varied(tmp_path):
-    from hpsearch.benchmarks import compare_best, trial_rows
+    from hpsearch.bench import compare_best, trial_rows
     from hpsearch.search.tuner import search_tracker
     from hpsearch.tracking import default_tracking_uri
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from hpsearch.bundle import Predictor, load_bundle, write_bundle
-from hpsearch.config import TrialConfig
 from hpsearch.errors import ExportError
-from hpsearch.train.driver import DirectoryReporter, experiment_from_checkpoint, run_trial
+from hpsearch.tasks import DirectoryReporter, experiment_from_checkpoint, run_trial
+from hpsearch.tasks.config import TrialConfig
 
 from .conftest import TINY_DATA
 

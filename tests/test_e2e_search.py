@@ -72,8 +72,8 @@ def test_torchtrainer_search_best_export_predict(tmp_path):
         assert mlflow_rows(db, f"select count(*) from params where run_uuid = '{run_id}' "
                                "and key = 'resources.num_workers'")[0][0] == 1
     # the workers really ran as a DDP group of 2 (rank-0 report counts both shards)
-    from hpsearch.config import TrialConfig
     from hpsearch.data import load_dataset
+    from hpsearch.tasks.config import TrialConfig
 
     n_train = len(load_dataset(TrialConfig.from_flat({"data.params": {
         "level_sizes": [2, 4, 8], "max_per_leaf": 24, "min_per_leaf": 8,

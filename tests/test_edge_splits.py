@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from hpsearch.data.labels import default_ethec_metadata
-from hpsearch.embeddings import (
-    NegativeSampler,
-    make_edge_splits,
-    node_levels,
-    predefined_edge_splits,
-    transitive_reduction,
-)
+from hpsearch.data.edge_splits import make_edge_splits, node_levels, predefined_edge_splits
+from hpsearch.data.ethec import default_ethec_metadata
+from hpsearch.data.negatives import NegativeSampler
 from hpsearch.errors import ConfigError, DataError
-from hpsearch.hierarchy import Hierarchy
+from hpsearch.hierarchy import Hierarchy, transitive_reduction
 
 
 def tree(branching=(4, 4, 3), roots=3) -> Hierarchy:

@@ -362,7 +362,7 @@ def test_evaluate_scores_the_heads_own_prediction_not_the_per_level_argmax():
     import torch
 
     from hpsearch.models.marginalization import MarginalizationHead
-    from hpsearch.train.loop import evaluate
+    from hpsearch.tasks.classifier.loop import evaluate
 
     h = Hierarchy.from_level_labels([("A", "a1"), ("A", "a2"), ("A", "a3"), ("B", "b1")])
     head = MarginalizationHead(4, h, prediction="leaf_path")
@@ -384,7 +384,7 @@ def test_evaluate_refuses_non_finite_outputs_for_every_head_kind():
     from hpsearch.errors import NonFiniteLossError
     from hpsearch.models.multilabel import MultiLabelHead
     from hpsearch.models.per_level import PerLevelHead
-    from hpsearch.train.loop import evaluate
+    from hpsearch.tasks.classifier.loop import evaluate
 
     h = Hierarchy.from_level_labels([("A", "a1"), ("A", "a2"), ("B", "b1")])
     labels = torch.tensor([[0, 0], [1, 2]])

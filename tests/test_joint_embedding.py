@@ -9,20 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from hpsearch.config import TrialConfig
 from hpsearch.data import load_dataset
 from hpsearch.data.labels import LabelGraph
-from hpsearch.embeddings import features as feat
-from hpsearch.embeddings.experiment import LabelEmbeddingExperiment
-from hpsearch.embeddings.joint import (
-    JointEmbeddingExperiment,
-    JointNegativeSampler,
-    classify_levels,
-)
+from hpsearch.data.negatives import JointNegativeSampler
 from hpsearch.errors import ConfigError
 from hpsearch.models import FAMILIES
-from hpsearch.models.joint_families import JointEmbedding, build_joint_embedding
-from hpsearch.train.experiment import EXPERIMENTS
+from hpsearch.models.joint_embedding import JointEmbedding, build_joint_embedding
+from hpsearch.tasks import TASKS
+from hpsearch.tasks.config import TrialConfig
+from hpsearch.tasks.joint_embedding import JointEmbeddingExperiment, classify_levels, joint_model
+from hpsearch.tasks.joint_embedding import features as feat
+from hpsearch.tasks.label_embedding.experiment import LabelEmbeddingExperiment
 
 DATA = {"level_sizes": [2, 4, 8], "max_per_leaf": 24, "min_per_leaf": 8,
         "amplitudes": [0.6, 0.4, 0.3], "grids": [2, 4, 8]}
@@ -45,7 +42,7 @@ def data():
 def test_families_and_experiment_registered():
     assert sorted(n for n in FAMILIES.names() if FAMILIES.get(n).task == "joint_embedding") \
         == sorted(JOINT)
-    assert EXPERIMENTS.get("joint_embedding") is JointEmbeddingExperiment
+    assert TASKS.get("joint_embedding").experiment is JointEmbeddingExperiment
     spec = FAMILIES.get("joint_hyperbolic_cone")
     p = spec.parse_params({})
     assert (p.optimizer, p.label_lr, p.image_lr, p.K) == ("adam_expmap0", 1e-4, 1e-3, 0.1)
@@ -57,10 +54,8 @@ def test_families_and_experiment_registered():
         spec.parse_params({"negative_strategy": "bogus"})
 
 
-def test_build_model_resolves_the_feature_dim(data):
-    from hpsearch.models import build_model
-
-    m = build_model(config("joint_hyperbolic_cone").model, data.hierarchy)
+def test_joint_model_resolves_the_feature_dim(data):
+    m = joint_model(config("joint_hyperbolic_cone"), data.hierarchy)
     assert isinstance(m, JointEmbedding) and m.feature_dim == 32  # small_cnn: 4 × width
     assert m.labels.weight.shape == (data.hierarchy.num_nodes, 4)
     with pytest.raises(ConfigError, match="joint-embedding experiment needs"):
@@ -254,7 +249,7 @@ def test_resume_is_exact(data, family, params):
 
 
 def test_run_trial_end_to_end_export_and_checkpoint_features(data, tmp_path):
-    from hpsearch.train.driver import DirectoryReporter, run_trial
+    from hpsearch.tasks import DirectoryReporter, run_trial
 
     # a briefly trained CNN as the feature source (features=checkpoint)
     cnn_dir = tmp_path / "cnn"
@@ -274,7 +269,7 @@ def test_run_trial_end_to_end_export_and_checkpoint_features(data, tmp_path):
     assert best.value == max(r["val_micro_f1"] for r in rep.history)
     assert (tmp_path / "joint" / "checkpoint.pt").is_file()
 
-    from hpsearch.train.driver import experiment_from_checkpoint
+    from hpsearch.tasks import experiment_from_checkpoint
 
     exp = experiment_from_checkpoint(tmp_path / "joint")
     assert isinstance(exp, JointEmbeddingExperiment)

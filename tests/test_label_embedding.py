@@ -9,17 +9,18 @@ import math
 import pytest
 import torch
 
-from hpsearch.config import TrialConfig
-from hpsearch.data.labels import default_ethec_metadata, graph_from_hierarchy
-from hpsearch.embeddings.experiment import LabelEmbeddingExperiment
-from hpsearch.embeddings.optim import build_optimizer
+from hpsearch.data.ethec import default_ethec_metadata
+from hpsearch.data.labels import graph_from_hierarchy
 from hpsearch.errors import ConfigError, NonFiniteLossError
 from hpsearch.geometry import inner_radius
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.metrics.edges import f1_at_threshold, f1_optimal_interval
 from hpsearch.models import FAMILIES
-from hpsearch.models.embedding_families import LabelEmbedding, build_label_embedding
-from hpsearch.train.experiment import EXPERIMENTS, build_experiment
+from hpsearch.models.label_embedding import LabelEmbedding, build_label_embedding
+from hpsearch.tasks import TASKS, build_experiment
+from hpsearch.tasks.config import TrialConfig
+from hpsearch.tasks.label_embedding.experiment import LabelEmbeddingExperiment
+from hpsearch.tasks.optim import build_optimizer
 
 EMBEDDING_FAMILIES = [n for n in FAMILIES.names() if FAMILIES.get(n).task == "label_embedding"]
 VARIANTS = [
@@ -60,7 +61,7 @@ def params_of(family, **kw):
 
 def test_families_registered_with_task_and_experiment():
     assert set(EMBEDDING_FAMILIES) == {"order_embedding", "euclidean_cone", "hyperbolic_cone"}
-    assert EXPERIMENTS.get("label_embedding") is LabelEmbeddingExperiment
+    assert TASKS.get("label_embedding").experiment is LabelEmbeddingExperiment
 
 
 @pytest.mark.parametrize("family,kw", VARIANTS)
@@ -270,7 +271,7 @@ def test_ethec_euclidean_cones_short_run():
 
 
 def test_driver_runs_label_embedding_trial(graph, tmp_path):
-    from hpsearch.train.driver import DirectoryReporter, run_trial
+    from hpsearch.tasks import DirectoryReporter, run_trial
 
     cfg = config("euclidean_cone", **{"optim.epochs": 2})
     rep = DirectoryReporter(tmp_path / "ckpt")

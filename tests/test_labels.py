@@ -14,10 +14,9 @@ from hpsearch.data.labels import (
     load_label_hierarchy,
     read_wordnet_nouns,
     register_label_source,
-    transitive_closure,
-    transitive_reduction,
 )
 from hpsearch.errors import ConfigError, DataError, HierarchyError
+from hpsearch.hierarchy import transitive_closure, transitive_reduction
 
 SHARED = Path(os.environ.get("HPSEARCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 ETHEC_META = [SHARED / "data" / "ethec" / f for f in ("val.json", "test.json")]

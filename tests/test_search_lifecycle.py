@@ -129,14 +129,12 @@ def test_an_error_out_of_fit_closes_the_parent_run_failed(tmp_path, monkeypatch)
 def test_preflight_metric_check_knows_the_retrieval_metrics_trials_log():
     """Trials log mahp_250 / hp_at_k / accuracy for every classifier: a search may select by
     them (review finding: the 4-image pre-flight evaluation did not produce them)."""
-    from hpsearch.config import TrialConfig
-    from hpsearch.data import load_dataset
-    from hpsearch.search.tuner import check_metric
+    from hpsearch.tasks import TrialConfig
+    from hpsearch.tasks.runner import check_metrics
 
     base = {"data.params": TINY_DATA, "model.width": 8}
-    data = load_dataset(TrialConfig.from_flat(base).data)
     for metric in ("val_mahp_250", "val_accuracy", "val_balanced_accuracy", "val_hp_at_10",
                    "val_micro_f1"):
-        check_metric(TrialConfig.from_flat({**base, "metric": metric}), data)
+        check_metrics(TrialConfig.from_flat({**base, "metric": metric}))
     with pytest.raises(ConfigError, match="'val_bogus' is not produced"):
-        check_metric(TrialConfig.from_flat({**base, "metric": "val_bogus"}), data)
+        check_metrics(TrialConfig.from_flat({**base, "metric": "val_bogus"}))

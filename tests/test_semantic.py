@@ -11,6 +11,7 @@ from hpsearch.config import ModelConfig
 from hpsearch.errors import ConfigError, HierarchyError
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.models import FAMILIES, build_model
+from hpsearch.tasks import TrialConfig
 from hpsearch.models.semantic import SemanticEmbeddingHead, SemanticParams
 
 # fam0 -> {sp0, sp1};  fam1 -> {sp2, sp3, sp4}
@@ -39,7 +40,8 @@ def test_registered_as_classifier_task():
                                     {"embedding_method": "approx", "embedding_dim": 3}])
 def test_forward_backward_every_param_gets_grad(h, params):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(family="semantic_embedding", width=8, params=params), h)
+    typed = FAMILIES.get("semantic_embedding").parse_params(params)
+    model = build_model(ModelConfig(family="semantic_embedding", width=8, params=typed), h)
     y = labels(h, [0, 1, 2, 3, 4, 0])
     out = model(torch.randn(6, 3, 16, 16))
     d = params.get("embedding_dim", 5)
@@ -111,11 +113,12 @@ def test_nearest_prediction_and_metrics_on_perfect_outputs(h):
 
 
 def test_params_validation(h):
+    # model.params are typed once, by the trial config (the boundary a search goes through)
     with pytest.raises(ConfigError, match="cls_weight"):
-        build_model(ModelConfig(family="semantic_embedding", width=8,
-                                params={"predict": "classifier", "cls_weight": 0}), h)
-    with pytest.raises(ConfigError, match="unknown key"):
-        build_model(ModelConfig(family="semantic_embedding", width=8, params={"foo": 1}), h)
+        TrialConfig.from_flat({"model.family": "semantic_embedding",
+                               "model.params": {"predict": "classifier", "cls_weight": 0}})
+    with pytest.raises(ConfigError, match="model.params.foo: unknown key"):
+        TrialConfig.from_flat({"model.family": "semantic_embedding", "model.params.foo": 1})
     with pytest.raises(ConfigError, match="exactly 5 dimensions"):
         head(h, embedding_dim=3)
     assert SemanticParams(cls_weight=0).predictor == "nearest"

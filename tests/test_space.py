@@ -3,9 +3,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from hpsearch.config import TrialConfig
 from hpsearch.errors import ConfigError
 from hpsearch.search.space import load_space, suggest, validate_space
+from hpsearch.tasks.config import TrialConfig
 
 BASE = {"name": "t", "family": "per_level", "dataset": "synthetic",
         "search": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}}
@@ -64,7 +64,8 @@ def test_conditional_dimensions_and_list_choices():
 
 
 def test_trial_config_flat_roundtrip():
-    cfg = TrialConfig.from_flat({"optim.lr": 0.2, "model.params.dim": 3, "seed": 4})
+    cfg = TrialConfig.from_flat({"model.family": "euclidean_cone", "optim.lr": 0.2,
+                                 "model.params.dim": 3, "seed": 4})
     flat = cfg.flatten()
     assert flat["optim.lr"] == 0.2 and flat["model.params.dim"] == 3 and flat["seed"] == 4
     assert TrialConfig.from_flat(flat) == cfg
@@ -73,7 +74,8 @@ def test_trial_config_flat_roundtrip():
 
 
 def test_resolved_params_fill_family_defaults_and_drop_unused_keys():
-    from hpsearch.models.base import FAMILIES, resolved_params
+    from hpsearch.models import FAMILIES
+    from hpsearch.tasks import resolved_params
 
     # family defaults are filled in next to what the space set
     cfg = TrialConfig.from_flat({"model.family": "euclidean_cone", "model.params.dim": 3})

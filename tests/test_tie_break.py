@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpsearch.config import TrialConfig
 from hpsearch.errors import ConfigError
 from hpsearch.metrics.edges import f1_optimal_interval
 from hpsearch.search.space import validate_space
 from hpsearch.search.tuner import search_tracker
+from hpsearch.tasks.config import TrialConfig
+from hpsearch.tasks.runner import BestSoFar, DirectoryReporter, require_metrics, run_trial
 from hpsearch.tracking import default_tracking_uri
-from hpsearch.train.driver import BestSoFar, DirectoryReporter, require_metrics, run_trial
 
 
 def test_best_so_far_orders_by_metric_then_tie_break():
@@ -31,8 +31,13 @@ def test_best_so_far_orders_by_metric_then_tie_break():
 class _Saturating:
     """val_f1 reaches 1.0 at epoch 1 and stays; val_gap keeps growing."""
 
+    hierarchy = None
+
     def __init__(self, cfg):
         self.cfg, self.epoch = cfg, -1
+
+    def reports(self, split):
+        return {}
 
     def train_one_epoch(self, epoch):
         self.epoch = epoch
@@ -115,8 +120,7 @@ def test_readme_search_space_example_is_valid_and_its_tie_break_exists():
 
     import yaml
 
-    from hpsearch.data import load_dataset
-    from hpsearch.search.tuner import check_metric
+    from hpsearch.tasks.runner import check_metrics
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "tie_break" in b)
@@ -125,4 +129,4 @@ def test_readme_search_space_example_is_valid_and_its_tie_break_exists():
                                    "amplitudes": [0.5, 0.3], "grids": [2, 4]}
     cfg = validate_space(raw).resolve({})
     assert cfg.tie_break == raw["tie_break"]
-    check_metric(cfg, load_dataset(cfg.data))  # raises ConfigError for a metric never logged
+    check_metrics(cfg)  # raises ConfigError for a metric never logged

@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpsearch.config import TrialConfig
 from hpsearch.data import load_dataset
-from hpsearch.train.driver import (
+from hpsearch.data.transforms import epoch_indices
+from hpsearch.tasks.config import TrialConfig
+from hpsearch.tasks.runner import (
     DirectoryReporter,
     load_checkpoint,
     run_trial,
     staging_dir,
     sweep_staging,
 )
-from hpsearch.train.loop import epoch_indices
 
 from .conftest import TINY_DATA
 
@@ -79,7 +79,7 @@ def test_trial_trains_checkpoints_and_resumes(tmp_path):
     # best.pt holds weights (no optimizer state: checkpoint.pt has that) and still restores
     import torch
 
-    from hpsearch.train.driver import experiment_from_checkpoint
+    from hpsearch.tasks import experiment_from_checkpoint
 
     best_pt = torch.load(tmp_path / "ck" / "best.pt", map_location="cpu", weights_only=False)
     assert "optimizer" not in best_pt["experiment"] and "optimizer" in state["experiment"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from hpsearch.data.base import ImageSplit
 from hpsearch.errors import ConfigError, DataError
 from hpsearch.hierarchy import Hierarchy
 
@@ -141,8 +142,6 @@ def contiguous_splits(
     images: np.ndarray, labels: np.ndarray, sizes: Sequence[int], ids: Sequence[str] = ()
 ) -> list:
     """Consecutive row ranges of ``sizes`` -> :class:`ImageSplit` s (memory-map views)."""
-    from hpsearch.data.base import ImageSplit
-
     out, a = [], 0
     for n in sizes:
         out.append(ImageSplit(images[a:a + n], labels[a:a + n],

@@ -68,15 +68,12 @@ DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 
 def load_dataset(cfg: DataConfig) -> HierDataset:
-    """Build the dataset named by ``cfg.name`` (importing the built-in loaders first)."""
-    import hpsearch.data  # noqa: F401  registers the built-ins
-
+    """Build the dataset named by ``cfg.name`` (the built-in loaders register themselves when
+    :mod:`hpsearch.data`, the package of this module, is imported)."""
     ds = DATASETS.get(cfg.name)(cfg)
     sizes = {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)}
     empty = [k for k, n in sizes.items() if n == 0]
     if empty:
-        from hpsearch.errors import DataError
-
         raise DataError(f"dataset {cfg.name!r}: the {' and '.join(empty)} split is empty "
                         f"(sizes {sizes}); every split needs images: use more images per "
                         "class (e.g. a larger data.params.limit_per_class) or a larger "

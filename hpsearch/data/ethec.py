@@ -34,11 +34,17 @@ from hpsearch.data._io import (
     fingerprint,
     require_dir,
     require_file,
+    shared_dir,
     stratified_split,
 )
 from hpsearch.data.base import DATASETS, IMAGENET_MEAN, IMAGENET_STD, HierDataset
 from hpsearch.data.cache import cache_root, cached_image_array
-from hpsearch.data.labels import register_dataset_hierarchy
+from hpsearch.data.labels import (
+    LabelGraph,
+    graph_from_hierarchy,
+    register_dataset_hierarchy,
+    register_label_source,
+)
 from hpsearch.errors import ConfigError, DataError
 from hpsearch.hierarchy import Hierarchy, encode_level_labels
 
@@ -248,3 +254,27 @@ def build_ethec(cfg: DataConfig) -> HierDataset:
               "metadata": [str(f) for f in plan.files], "size": size},
     )
 
+
+def default_ethec_metadata() -> list[Path]:
+    """The shared ETHEC val+test metadata files, when present (else an empty list)."""
+    d = shared_dir() / "data" / "ethec"
+    return [p for p in (d / "val.json", d / "test.json") if p.is_file()]
+
+
+@register_label_source("ethec")
+def _source_ethec(**params: Any) -> LabelGraph:
+    """ETHEC Merged (6/21/135/561) from metadata JSON files.
+
+    Params: ``paths`` (one JSON or a list; default the shared val+test files), ``small``
+    (ETHEC Small, thesis Table 2.1).
+    """
+    p = check_params("label source 'ethec'", params, {"paths": None, "small": False})
+    paths = p["paths"]
+    if paths is None:
+        paths = default_ethec_metadata()
+        if not paths:
+            raise DataError(f"{shared_dir() / 'data' / 'ethec'}: no val.json/test.json found; "
+                            "pass paths=[...ETHEC metadata JSON files...]")
+    paths = as_path_list(paths, "label source 'ethec': paths")
+    h = ethec_hierarchy(paths, small=bool(p["small"]))
+    return graph_from_hierarchy(h, meta={"source": "ethec", "paths": [str(x) for x in paths]})

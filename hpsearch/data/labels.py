@@ -26,13 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
+from hpsearch.config import DataConfig
+from hpsearch.data.base import DATASETS
 from hpsearch.errors import ConfigError, DataError, HierarchyError
-from hpsearch.hierarchy import Hierarchy
+from hpsearch.hierarchy import (
+    Hierarchy,
+    edge_difference,
+    transitive_closure,
+    transitive_reduction,
+)
 from hpsearch.registry import Registry
 
-from ._io import as_path_list, check_params, require_dir, require_file, shared_dir
+from ._io import check_params, require_dir, require_file
 
 SPLIT_NAMES = ("train", "valid", "valid_neg", "test", "test_neg")
 
@@ -101,9 +107,7 @@ class LabelGraph:
     @cached_property
     def non_basic_edges(self) -> np.ndarray:
         """Closure pairs implied by transitivity (the ones label-only splits sample from)."""
-        c = _to_csr(self.closure, self.num_nodes)
-        b = _to_csr(self.basic_edges, self.num_nodes)
-        return _pairs(c - c.multiply(b))
+        return edge_difference(self.closure, self.basic_edges, self.num_nodes)
 
     def split(self, name: str) -> np.ndarray:
         """One predefined split by name; :class:`DataError` if the source has none."""
@@ -138,60 +142,6 @@ def load_label_hierarchy(source: str, **params: Any) -> LabelGraph:
     graph = LABEL_SOURCES.get(source)(**params)
     graph.meta.setdefault("source", source)
     return graph
-
-
-# ---------------------------------------------------------------------------- graph algorithms
-def _to_csr(edges: np.ndarray, n: int) -> sp.csr_matrix:
-    e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-    m = sp.csr_matrix((np.ones(len(e), dtype=np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
-    m.sum_duplicates()
-    m.data[:] = 1
-    return m
-
-
-def _pairs(m: sp.spmatrix) -> np.ndarray:
-    m = sp.coo_matrix(m)
-    keep = m.data != 0
-    out = np.stack([m.row[keep], m.col[keep]], axis=1).astype(np.int64)
-    order = np.lexsort((out[:, 1], out[:, 0]))
-    return out[order].reshape(-1, 2)
-
-
-def transitive_closure(edges: np.ndarray, n: int) -> np.ndarray:
-    """All ``(ancestor, descendant)`` pairs reachable through ``(parent, child)`` edges.
-
-    R = A + A^2 + ... computed by frontier expansion: ``F <- (F A) \\ R``, ``R <- R + F``
-    until ``F`` is empty, i.e. one sparse product per path length (WordNet nouns: 19).
-
-    Raises:
-        HierarchyError: the graph has a cycle (a node reaches itself), naming one such node.
-    """
-    a = _to_csr(edges, n)
-    reach = a.copy()
-    frontier = a.copy()
-    while frontier.nnz:
-        step = frontier @ a
-        step.data[:] = 1
-        step = step - step.multiply(reach)
-        step.eliminate_zeros()
-        if step.nnz and (step.diagonal() != 0).any():
-            bad = int(np.flatnonzero(step.diagonal())[0])
-            raise HierarchyError(f"the label graph has a cycle through node index {bad}")
-        reach = reach + step
-        reach.data[:] = 1
-        frontier = step
-    if (reach.diagonal() != 0).any():
-        bad = int(np.flatnonzero(reach.diagonal())[0])
-        raise HierarchyError(f"the label graph has a cycle through node index {bad}")
-    return _pairs(reach)
-
-
-def transitive_reduction(closure: np.ndarray, n: int) -> np.ndarray:
-    """Basic edges of a DAG from its closure: ``(a, d)`` with no ``c`` such that a->c->d."""
-    r = _to_csr(closure, n)
-    implied = r @ r
-    implied.data[:] = 1
-    return _pairs(r - r.multiply(implied))
 
 
 def graph_from_hierarchy(h: Hierarchy, *, meta: dict | None = None) -> LabelGraph:
@@ -253,8 +203,6 @@ def register_dataset_hierarchy(name: str) -> Callable:
 def dataset_hierarchy(cfg: Any) -> Hierarchy:
     """The label hierarchy of image dataset ``cfg`` (a DataConfig), without decoding images
     where the dataset registered a hierarchy-only function (all built-in real datasets)."""
-    import hpsearch.data  # noqa: F401  registers the built-ins
-    from hpsearch.data.base import DATASETS
 
     fn = _DATASET_HIERARCHY.get(cfg.name)
     return fn(cfg) if fn is not None else DATASETS.get(cfg.name)(cfg).hierarchy
@@ -268,8 +216,6 @@ def _source_dataset(**params: Any) -> LabelGraph:
     (``root``, ``image_size``, ``val_fraction``, ``params``). Datasets that register a
     hierarchy-only function (all built-in real datasets) are not decoded.
     """
-    from hpsearch.config import DataConfig
-    from hpsearch.data.base import DATASETS
 
     if "name" not in params:
         raise ConfigError("label source 'dataset' needs name=<registered dataset>; allowed: "
@@ -283,33 +229,6 @@ def _source_dataset(**params: Any) -> LabelGraph:
     DATASETS.get(cfg.name)  # unknown name -> ConfigError listing the allowed ones
     h = dataset_hierarchy(cfg)
     return graph_from_hierarchy(h, meta={"source": "dataset", "dataset": cfg.name})
-
-
-def default_ethec_metadata() -> list[Path]:
-    """The shared ETHEC val+test metadata files, when present (else an empty list)."""
-    d = shared_dir() / "data" / "ethec"
-    return [p for p in (d / "val.json", d / "test.json") if p.is_file()]
-
-
-@register_label_source("ethec")
-def _source_ethec(**params: Any) -> LabelGraph:
-    """ETHEC Merged (6/21/135/561) from metadata JSON files.
-
-    Params: ``paths`` (one JSON or a list; default the shared val+test files), ``small``
-    (ETHEC Small, thesis Table 2.1).
-    """
-    from hpsearch.data.ethec import ethec_hierarchy
-
-    p = check_params("label source 'ethec'", params, {"paths": None, "small": False})
-    paths = p["paths"]
-    if paths is None:
-        paths = default_ethec_metadata()
-        if not paths:
-            raise DataError(f"{shared_dir() / 'data' / 'ethec'}: no val.json/test.json found; "
-                            "pass paths=[...ETHEC metadata JSON files...]")
-    paths = as_path_list(paths, "label source 'ethec': paths")
-    h = ethec_hierarchy(paths, small=bool(p["small"]))
-    return graph_from_hierarchy(h, meta={"source": "ethec", "paths": [str(x) for x in paths]})
 
 
 @register_label_source("parent_child")

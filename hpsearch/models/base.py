@@ -13,12 +13,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import Tensor, nn
 
-from hpsearch.config import ModelConfig, TrialConfig, flatten_into, one_line
+from hpsearch.config import FamilyParams, ModelConfig, one_line
 from hpsearch.errors import ConfigError
 from hpsearch.hierarchy import Hierarchy
+from hpsearch.models.backbones import build_backbone
 from hpsearch.registry import Registry
 
 
@@ -115,12 +116,6 @@ def split_levels(x: Tensor, h: Hierarchy) -> list[Tensor]:
     return list(torch.split(x, list(h.level_sizes), dim=-1))
 
 
-class FamilyParams(BaseModel):
-    """Base of a family's typed ``model.params``; unknown keys are errors."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 @dataclass(frozen=True)
 class FamilySpec:
     """A registered model family.
@@ -140,24 +135,21 @@ class FamilySpec:
     description: str = ""
 
     def parse_params(self, raw: dict[str, Any]) -> FamilyParams:
+        """Validate a raw ``model.params`` mapping into :attr:`params` (done once, by
+        :class:`hpsearch.tasks.TrialConfig`)."""
         try:
             return self.params.model_validate(raw)
         except ValidationError as e:
             raise ConfigError(f"model.params.{one_line(e)} (family {self.name!r})") from None
 
+    def typed(self, params: FamilyParams) -> FamilyParams:
+        """``params`` as this family's model: a ``ModelConfig`` built by hand (not through a
+        TrialConfig) carries the untyped base; anything else passes through unparsed."""
+        return params if isinstance(params, self.params) else self.parse_params(
+            params.model_dump())
+
 
 FAMILIES: Registry[FamilySpec] = Registry("model family")
-
-
-def task_params(family: str, raw: dict[str, Any], task: str, what: str) -> FamilyParams:
-    """Parse ``model.params`` of ``family``, which must belong to ``task`` (the experiment
-    ``what`` says which families it trains when it does not)."""
-    spec = FAMILIES.get(family)
-    if spec.task != task:
-        allowed = [n for n in FAMILIES.names() if FAMILIES.get(n).task == task]
-        raise ConfigError(f"model.family {family!r} is a {spec.task!r} family; the {what} "
-                          f"experiment needs one of {allowed}")
-    return spec.parse_params(raw)
 
 
 def register_family(name: str, *, task: str = "classifier", params: type[FamilyParams] =
@@ -179,8 +171,6 @@ def register_head_family(name: str, head: Callable[[int, Hierarchy, Any], Head],
 
     def build(cfg: ModelConfig, p: FamilyParams, h: Hierarchy,
               in_ch: int = 3) -> HierarchicalClassifier:
-        from hpsearch.models.backbones import build_backbone
-
         bb = build_backbone(cfg, in_ch)
         return HierarchicalClassifier(bb, head(bb.out_dim, h, p))
 
@@ -189,58 +179,6 @@ def register_head_family(name: str, head: Callable[[int, Hierarchy, Any], Head],
 
 
 def build_model(cfg: ModelConfig, h: Hierarchy, in_ch: int = 3) -> nn.Module:
-    import hpsearch.models  # noqa: F401  registers the built-in families
-
+    """The module of family ``cfg.family`` (registered by importing :mod:`hpsearch.models`)."""
     spec = FAMILIES.get(cfg.family)
-    return spec.build(cfg, spec.parse_params(cfg.params), h, in_ch)
-
-
-# optim keys that only mean something under one optimizer / schedule
-_OPTIM_ONLY_WHEN: dict[str, tuple[str, tuple[str, ...]]] = {
-    "optim.momentum": ("optim.optimizer", ("sgd",)),
-    "optim.step_size": ("optim.schedule", ("step",)),
-    "optim.sgdr_period": ("optim.schedule", ("sgdr",)),
-    "optim.sgdr_mult": ("optim.schedule", ("sgdr",)),
-}
-
-
-# config keys an experiment task never reads (checked against hpsearch/embeddings/*.py):
-# label-only and joint embeddings take their optimizers from model.params, train no backbone
-# (joint: not when the features come from a run's checkpoint), and have no AMP / level loss
-_CLASSIFIER_ONLY = ("optim.optimizer", "optim.momentum", "optim.weight_decay", "optim.amp",
-                    "optim.channels_last", "optim.level_weights")
-_BACKBONE_KEYS = ("model.backbone", "model.width", "model.pretrained_weights",
-                  "model.freeze_backbone", "model.grayscale")
-_TASK_UNUSED: dict[str, tuple[str, ...]] = {
-    "label_embedding": _CLASSIFIER_ONLY + _BACKBONE_KEYS,
-    "joint_embedding": _CLASSIFIER_ONLY + ("optim.lr",),  # label_lr / image_lr instead
-}
-
-
-def resolved_params(cfg: TrialConfig) -> dict[str, Any]:
-    """The config a trial really ran with, as dotted keys for MLflow params.
-
-    ``model.params`` holds only the keys a search space set; here it is completed with the
-    family's defaults (``FamilySpec.params``), so a margin or aperture left at its default is
-    still logged and comparable across runs. Settings the run ignores are left out instead of
-    being logged as if they had mattered: optimizer/schedule keys of another optimizer or
-    schedule (momentum under Adam, SGDR cycle under cosine), and the classifier's optimizer and
-    backbone keys for the embedding tasks that do not read them.
-    """
-    import hpsearch.models  # noqa: F401  registers the built-in families
-
-    tree = cfg.model_dump()
-    spec = FAMILIES.get(cfg.model.family)
-    tree["model"]["params"] = spec.parse_params(cfg.model.params).model_dump(mode="json")
-    flat: dict[str, Any] = {}
-    flatten_into(tree, flat)
-    for key, (switch, allowed) in _OPTIM_ONLY_WHEN.items():
-        if flat.get(switch) not in allowed:
-            flat.pop(key, None)
-    unused = _TASK_UNUSED.get(spec.task, ())
-    if spec.task == "joint_embedding" and tree["model"]["params"].get("features") == "checkpoint":
-        unused += _BACKBONE_KEYS  # the checkpoint's own backbone and preprocessing are used
-    for key in unused:
-        flat.pop(key, None)
-    return flat
-
+    return spec.build(cfg, spec.typed(cfg.params), h, in_ch)

@@ -15,9 +15,12 @@ from typing import Any
 from ray.tune import Callback
 
 from hpsearch.errors import ConfigError
-from hpsearch.search.tuner import METRIC_PREFIXES
-from hpsearch.tracking import Tracker
-from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE, REPORTS_DIR
+from hpsearch.search.codec import trial_config
+from hpsearch.tasks import resolved_params
+from hpsearch.tasks.checkpoint import BEST_FILE, CHECKPOINT_FILE, REPORTS_DIR
+from hpsearch.tracking import CONFIG_ARTIFACT, Tracker
+
+METRIC_PREFIXES = ("train_", "val_", "test_", "best_", "epoch")  # what Tune results reach MLflow
 
 
 class MLflowTrialCallback(Callback):
@@ -46,9 +49,6 @@ class MLflowTrialCallback(Callback):
     def _run(self, trial: Any) -> str:
         rid = self._runs.get(trial.trial_id)
         if rid is None:
-            from hpsearch.models.base import resolved_params
-            from hpsearch.train.worker import trial_config
-
             rid, created = self.tracker.trial_run(
                 self.parent_run_id, self.search_id, trial.trial_id, name=str(trial),
                 tags={"family": self.family, "dataset": self.dataset})
@@ -59,6 +59,7 @@ class MLflowTrialCallback(Callback):
                     self.tracker.set_tags(rid, {"error": str(e)[:4000]})  # must go on
                 else:
                     self.tracker.log_params(rid, resolved_params(cfg))
+                    self.tracker.log_dict(rid, cfg.model_dump(mode="json"), CONFIG_ARTIFACT)
             self._runs[trial.trial_id] = rid
         return rid
 

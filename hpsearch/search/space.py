@@ -24,15 +24,18 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hpsearch.config import TrialConfig, one_line
+from hpsearch.config import ResourceConfig, one_line
+from hpsearch.data import DATASETS
 from hpsearch.errors import ConfigError
+from hpsearch.models import FAMILIES
+from hpsearch.search.codec import decode_choice, encode_choice, resolve
+from hpsearch.tasks import TrialConfig
 
 
 class _Strict(BaseModel):
@@ -107,17 +110,6 @@ class Budget(_Strict):
     time_budget_s: float | None = Field(None, gt=0)
 
 
-class Resources(_Strict):
-    cpus_per_trial: float = Field(1.0, gt=0)  # in-process trial (one worker)
-    gpus_per_trial: float = Field(0.0, ge=0)  # fractions share a GPU between trials
-    num_workers: int = Field(1, gt=0)  # >1: DDP through a Ray Train TorchTrainer
-    cpus_per_worker: float = Field(1.0, gt=0)  # TorchTrainer workers
-    gpus_per_worker: float = Field(0.0, ge=0)
-    driver_cpus: float = Field(0.5, ge=0)  # the Tune trial that drives a TorchTrainer
-    force_trainer: bool = False  # TorchTrainer even for one worker
-    max_failures: int = Field(1, ge=0)  # Tune retries of a failed trial (from its checkpoint)
-
-
 class Sampler(_Strict):
     type: Literal["tpe", "random"] = "tpe"
     seed: int = 0
@@ -128,7 +120,8 @@ class Sampler(_Strict):
 class SearchSpace(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     family: str
-    dataset: str = "synthetic"
+    # the image dataset; label-only families read data.params.label_source instead (omit it)
+    dataset: str | None = None
     fixed: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Dimension] = Field(default_factory=dict)
     metric: str = "val_micro_f1"
@@ -138,46 +131,36 @@ class SearchSpace(_Strict):
     scheduler: Literal["asha", "fifo"] = "asha"
     sampler: Sampler = Field(default_factory=Sampler)
     budget: Budget = Field(default_factory=Budget)
-    resources: Resources = Field(default_factory=Resources)
+    resources: ResourceConfig = Field(default_factory=ResourceConfig)
     description: str = ""
 
     # ------------------------------------------------------------------ resolution
     def base_tree(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Fixed values + family/dataset/metric/resources as a flat dotted dict."""
         flat: dict[str, Any] = {
-            "model.family": self.family, "data.name": self.dataset,
+            "model.family": self.family,
             "metric": self.metric, "mode": self.mode,
             "tie_break": self.tie_break, "tie_break_mode": self.tie_break_mode,
             "optim.epochs": self.budget.max_epochs,
-            "resources.num_workers": self.resources.num_workers,
-            "resources.use_gpu": (self.resources.gpus_per_trial > 0
-                                  or self.resources.gpus_per_worker > 0),
-            "resources.cpus_per_worker": self.resources.cpus_per_worker,
-            "resources.gpus_per_worker": self.resources.gpus_per_worker,
-            "resources.force_trainer": self.resources.force_trainer,
+            **{f"resources.{k}": v for k, v in self.resources.model_dump().items()},
         }
+        if self.dataset is not None:
+            flat["data.name"] = self.dataset
         flat.update(self.fixed)
         flat.update(overrides or {})
         return flat
 
     def resolve(self, sampled: dict[str, Any], overrides: dict[str, Any] | None = None
                 ) -> TrialConfig:
-        flat = self.base_tree(overrides)
-        flat.update({k: decode_choice(v) for k, v in sampled.items()})
-        return TrialConfig.from_flat(_undot_top(flat))
+        """The trial config of ``sampled`` values (as Optuna stores them) in this space."""
+        return resolve(self.base_tree(overrides), sampled)
 
-
-def _undot_top(flat: dict[str, Any]) -> dict[str, Any]:
-    return flat  # keys are already dotted; top-level keys (seed, metric, mode) pass through
-
-
-def encode_choice(v: Any) -> Any:
-    """Optuna categorical choices must be None/bool/int/float/str: lists go as JSON strings."""
-    return v if v is None or isinstance(v, bool | int | float | str) else "json:" + json.dumps(v)
-
-
-def decode_choice(v: Any) -> Any:
-    return json.loads(v[5:]) if isinstance(v, str) and v.startswith("json:") else v
+    @property
+    def data_label(self) -> str:
+        """What the space trains on, for tags and tables: the dataset, or the label source."""
+        src = self.fixed.get("data.params", {}).get("label_source") if isinstance(
+            self.fixed.get("data.params"), dict) else self.fixed.get("data.params.label_source")
+        return self.dataset or (f"labels:{src}" if src else "synthetic")
 
 
 def load_space(path: str | Path, *, check_registries: bool = True) -> SearchSpace:
@@ -204,13 +187,10 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
     except ValidationError as e:
         raise ConfigError(f"{where}: {one_line(e)}") from None
     if check_registries:
-        from hpsearch.data import DATASETS
-        from hpsearch.models import FAMILIES
-
         if space.family not in FAMILIES:
             raise ConfigError(f"{where}: family: unknown model family {space.family!r}; "
                               f"allowed: {', '.join(FAMILIES.names())}")
-        if space.dataset not in DATASETS:
+        if space.dataset is not None and space.dataset not in DATASETS:
             raise ConfigError(f"{where}: dataset: unknown dataset {space.dataset!r}; "
                               f"allowed: {', '.join(DATASETS.names())}")
     for key, dim in space.search.items():
@@ -238,26 +218,17 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
                       for c, w in (dim.when or {}).items()}
             sample[key] = v
             try:
-                cfg = space.resolve({k: encode_choice(x) for k, x in sample.items()})
-                if check_registries:
-                    _check_family(cfg)
+                space.resolve({k: encode_choice(x) for k, x in sample.items()})
             except ConfigError as e:
                 raise ConfigError(f"{where}: {what} is not a valid value: {e}") from None
     if not space.search:
         try:
-            cfg = space.resolve({})
-            if check_registries:
-                _check_family(cfg)
+            space.resolve({})
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return space
 
 
-def _check_family(cfg: TrialConfig) -> None:
-    from hpsearch.models import FAMILIES
-
-    spec = FAMILIES.get(cfg.model.family)
-    spec.parse_params(cfg.model.params)
 
 
 def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:

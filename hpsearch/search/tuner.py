@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.search.callbacks import MLflowTrialCallback, finish_open_trials
+from hpsearch.search.codec import constants
 from hpsearch.search.space import DefineByRun, SearchSpace
-from hpsearch.tracking import Tracker
-
-METRIC_PREFIXES = ("train_", "val_", "test_", "best_", "epoch")
+from hpsearch.search.trainable import tune_trainable
+from hpsearch.tasks.runner import check_metrics, sweep_staging
+from hpsearch.tracking import Tracker, default_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,6 @@ def preflight(space: SearchSpace, opts: SearchOptions
     the config resolves, ``mlflow:`` run references resolve, the dataset loads (and its cache
     is built once for all trials), the tracking store answers. Returns the tracker, the base
     config and the overrides every trial gets."""
-    from hpsearch.data import load_dataset
-    from hpsearch.tracking import default_tracking_uri
-
     if opts.num_samples is not None and opts.num_samples <= 0:
         raise ConfigError(f"--num-samples must be positive, got {opts.num_samples}")
     if opts.max_epochs is not None and opts.max_epochs <= 0:
@@ -116,43 +113,12 @@ def preflight(space: SearchSpace, opts: SearchOptions
         tracker.check()
         overrides.update(resolve_run_refs(space, opts, tracker))
     cfg = space.resolve({}, overrides)
-    from hpsearch.models import FAMILIES
-
-    if FAMILIES.get(cfg.model.family).task == "classifier":
-        check_metric(cfg, load_dataset(cfg.data))
-    else:  # build it once here: bad graphs/paths fail now, caches (features) are shared
-        from hpsearch.train.driver import require_metrics
-        from hpsearch.train.experiment import build_experiment
-
-        require_metrics(cfg, set(build_experiment(cfg).evaluate("val")))
+    # the task says which metrics it logs; building that answer loads the data (caches are
+    # built once here for all trials) and fails now on bad graphs or paths
+    check_metrics(cfg)
     tracker = tracker or make_tracker()
     tracker.check()
     return tracker, cfg, overrides
-
-
-def check_metric(cfg: Any, data: Any) -> None:
-    """Evaluate an untrained model on a few validation images: the search metric must be
-    among the names the family produces (an unknown metric fails here, not in every trial)."""
-    import torch
-
-    from hpsearch.models import build_model
-    from hpsearch.train.driver import require_metrics
-    from hpsearch.train.loop import Preprocess, evaluate, leaf_similarity
-
-    in_ch = 1 if cfg.model.grayscale else data.channels
-    model = build_model(cfg.model, data.hierarchy, in_ch).eval()
-    n = min(4, len(data.val))
-    pre = Preprocess(mean=data.mean, std=data.std, size=cfg.data.image_size,
-                     grayscale=cfg.model.grayscale)
-    sim = leaf_similarity(data.hierarchy)  # as trials evaluate: with the retrieval metrics
-    with torch.no_grad():
-        out = model(pre(torch.from_numpy(np.array(data.val.images[:n]))))
-    names = set(evaluate(model.head, out, torch.from_numpy(np.array(data.val.level_labels[:n])),
-                         calibrate=True, retrieval_sim=sim))
-    if "hp_at_1" in names:  # the larger cut-offs exist once the split has more than k images
-        names |= {"hp_at_10", "hp_at_50", "hp_at_100"}
-    require_metrics(cfg, names)
-
 
 
 def _max_concurrent(space: SearchSpace, opts: SearchOptions, per_trial: dict[str, float]
@@ -187,10 +153,6 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     import ray
     from ray import tune
 
-    from hpsearch.search.callbacks import MLflowTrialCallback, finish_open_trials
-    from hpsearch.train.driver import sweep_staging
-    from hpsearch.train.worker import tune_trainable
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not ray.is_initialized():
         # Train's controller and workers read these; a remote cluster gets them this way
@@ -204,7 +166,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
             ray.init(log_to_driver=opts.verbose > 1, include_dashboard=None,
                      runtime_env=runtime_env)
     r = space.resources
-    trainer_path = r.num_workers > 1 or r.force_trainer
+    trainer_path = r.trainer_path
     per_trial = ({"cpu": r.driver_cpus} if trainer_path else
                  {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
     need = ({"cpu": r.driver_cpus + r.num_workers * r.cpus_per_worker,
@@ -219,7 +181,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     if resume_path is None:
         _write_meta(search_dir, _search_meta(space, opts, tracker, num_samples, max_epochs))
     parent = tracker.search_run(search_id, search_id, tags={
-        "family": space.family, "dataset": space.dataset, "metric": space.metric},
+        "family": space.family, "dataset": space.data_label, "metric": space.metric},
         params={"space": space.name, "num_samples": num_samples, "max_epochs": max_epochs,
                 "scheduler": space.scheduler, "sampler": space.sampler.type,
                 "sampler.seed": space.sampler.seed if opts.seed is None else opts.seed,
@@ -227,7 +189,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
                                                for k, v in space.search.items()}})
     try:
         callback = MLflowTrialCallback(tracker.uri, tracker.experiment_name, search_id, parent,
-                                       family=space.family, dataset=space.dataset,
+                                       family=space.family, dataset=space.data_label,
                                        max_epochs=max_epochs)
         if resume_path is not None:
             tuner = tune.Tuner.restore(str(resume_path), trainable=trainable,
@@ -285,10 +247,7 @@ def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from hpsearch.train.worker import BASE_KEY, STORAGE_KEY
-
-    base = space.base_tree(overrides)
-    constants = {BASE_KEY: base, STORAGE_KEY: str(storage / "train")}
+    carried = constants(space.base_tree(overrides), str(storage / "train"))
     seed = space.sampler.seed if opts.seed is None else opts.seed
     if space.sampler.type == "tpe":
         sampler = optuna.samplers.TPESampler(
@@ -297,7 +256,7 @@ def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
 
-    searcher = OptunaSearch(space=DefineByRun(space, constants), metric=space.metric,
+    searcher = OptunaSearch(space=DefineByRun(space, carried), metric=space.metric,
                             mode=space.mode, sampler=sampler)
     if space.scheduler == "asha":
         # "epoch" (not training_iteration) so rungs stay in epochs with optim.eval_every > 1

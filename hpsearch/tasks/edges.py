@@ -1,4 +1,5 @@
-"""One training epoch of an edge-embedding model (label-only and joint experiments)."""
+"""What the two edge-embedding tasks share (label-only and joint): one margin-loss epoch and
+the cached all-pairs graph reconstruction of a label table."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from hpsearch.metrics.edges import embedding_reconstruction
 
 
 @dataclass(frozen=True)
@@ -45,3 +48,38 @@ def margin_epoch(train_pos: Tensor, sampler: object,
         total += loss.detach()
     return EpochStats(float(total) / max(len(pos), 1), steps, len(pos),
                       float(ok.float().mean()) if ok.numel() else 1.0)
+
+
+class ReconstructionCache:
+    """Reconstruction of the whole label graph from a label table (thesis §6.1.1: every ordered
+    label pair scored, the threshold chosen on that set), recomputed only when the table has
+    changed since the last call (keyed by the optimizer step count: val and test of one epoch
+    share one computation).
+
+    Args:
+        max_nodes: above this many labels the N² energies are skipped (``recon_skipped``).
+        chunk_elems: energies (× dim) per block of rows, bounding the memory of one block.
+    """
+
+    def __init__(self, max_nodes: int, chunk_elems: int) -> None:
+        self.max_nodes, self.chunk_elems = int(max_nodes), int(chunk_elems)
+        self._cache: tuple[int, dict[str, float]] | None = None
+
+    def clear(self) -> None:
+        self._cache = None
+
+    @torch.no_grad()
+    def __call__(self, steps: int, energy: Callable[[Tensor, Tensor], Tensor],
+                 table: Callable[[], Tensor], closure: Tensor, basic: Tensor
+                 ) -> dict[str, float]:
+        """Metrics of ``embedding_reconstruction`` for the label embeddings ``table()``."""
+        if self._cache is not None and self._cache[0] == steps:
+            return self._cache[1]
+        emb = table()
+        if len(emb) > self.max_nodes or len(closure) == 0:  # too large, or no label edges
+            out = {"recon_skipped": 1.0}
+        else:
+            out = embedding_reconstruction(energy, emb, closure, basic,
+                                           chunk_elems=self.chunk_elems)
+        self._cache = (steps, out)
+        return out

@@ -1,26 +1,26 @@
 """Input-pipeline benchmarks (issue 3): the decoded uint8 cache against per-batch JPEG decoding.
 
-``python -m hpsearch.benchmarks input-pipeline ...`` trains the same model (same seed, same
+``hpsearch bench input-pipeline ...`` trains the same model (same seed, same
 images, same order, same augmentation) for the same number of batches twice in one process:
 
 (a) ``memmap``: the platform's pipeline. ``hpsearch.data.load_dataset`` decodes the dataset once
     into the uint8 memmap cache; batches are sliced from it by
-    :func:`hpsearch.train.loop.iterate_batches` and converted, normalised and augmented on the
-    device by :class:`hpsearch.train.loop.Preprocess`.
+    :func:`hpsearch.tasks.classifier.loop.iterate_batches` and converted, normalised and augmented on the
+    device by :class:`hpsearch.tasks.classifier.loop.Preprocess`.
 (b) ``jpeg``: the conventional pipeline. The same images as JPEG files on local disk, a torch
     ``DataLoader`` whose workers read and decode every file for every batch
     (``torchvision.io.decode_jpeg``), resize when needed, normalise and apply the same random
-    crop + flip (:func:`hpsearch.train.loop.random_crop_flip`, one sample at a time).
+    crop + flip (:func:`hpsearch.tasks.classifier.loop.random_crop_flip`, one sample at a time).
 
 Each pipeline is timed twice: data only (batches ready on the device, no model) and a full
 training pass (forward, backward, SGD step). The cache build time (archive read + decode +
 write, into a fresh cache directory) is reported beside them.
 
-``python -m hpsearch.benchmarks resize ...`` is a decode micro-benchmark for ETHEC-sized images:
+``hpsearch bench resize ...`` is a decode micro-benchmark for ETHEC-sized images:
 448x448 JPEGs decoded and resized to 224x224 by PIL, PIL with JPEG draft mode (DCT-domain
 downscaling), torchvision, and the cache's own ``decode_image``, single-threaded.
 
-``python -m hpsearch.benchmarks runs-csv ...`` and ``... compare ...`` summarise finished searches
+``hpsearch bench runs-csv ...`` and ``... compare ...`` summarise finished searches
 from MLflow (through :mod:`hpsearch.tracking`): one CSV row per trial run, and a Markdown table
 of each experiment's best run, with the validation metrics *of the best epoch* read from the
 metric history (the latest logged ``val_*`` value belongs to the last epoch, not the best).
@@ -49,11 +49,15 @@ import torch
 from torch import Tensor
 
 from hpsearch.config import DataConfig, ModelConfig
-from hpsearch.data.base import HierDataset, ImageSplit
-from hpsearch.errors import ConfigError, DataError
+from hpsearch.data import HierDataset, ImageSplit, load_dataset
+from hpsearch.data.cache import Encoded, decode_batch, decode_image
+from hpsearch.data.transforms import Preprocess, iterate_batches, random_crop_flip
+from hpsearch.errors import ConfigError, DataError, HpsearchError
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.models import build_model
-from hpsearch.train.loop import Preprocess, iterate_batches, random_crop_flip
+from hpsearch.tasks import RunContext, TrialConfig
+from hpsearch.tasks.label_embedding import LabelEmbeddingExperiment
+from hpsearch.tracking import Tracker, default_tracking_uri
 
 
 # ---------------------------------------------------------------------------- results
@@ -331,7 +335,6 @@ def input_pipeline(*, dataset: str = "cifar10", archive: str | None = None,
     Returns:
         The :class:`PipelineReport`.
     """
-    from hpsearch.data import load_dataset
 
     load_before = _loadavg()
     work = Path(work_dir or tempfile.mkdtemp(prefix="hpsearch-bench-"))
@@ -426,7 +429,6 @@ def resize_benchmark(n: int = 64, src: int = 448, dst: int = 224, quality: int =
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
     from torchvision.transforms.v2 import functional as TF
 
-    from hpsearch.data.cache import Encoded, decode_batch, decode_image
 
     imgs = _smooth_images(n, src, seed)
     blobs = [encode_jpeg(torch.from_numpy(im).permute(2, 0, 1).contiguous(),
@@ -495,13 +497,11 @@ RUN_METRICS = ("micro_f1", "macro_f1", "micro_f1_level_0", "micro_f1_level_1",
                "edge_f1", "full_f1", "recon_tpr", "recon_tnr")
 
 
-def _tracker(results_dir: str, experiment: str, tracking_uri: str | None = None) -> Any:
-    from hpsearch.tracking import Tracker, default_tracking_uri
-
+def _tracker(results_dir: str, experiment: str, tracking_uri: str | None = None) -> Tracker:
     return Tracker(tracking_uri or default_tracking_uri(results_dir), experiment)
 
 
-def trial_rows(tracker: Any, metric: str = "val_micro_f1",
+def trial_rows(tracker: Tracker, metric: str = "val_micro_f1",
                val_keys: Sequence[str] = ("micro_f1",)) -> list[dict[str, Any]]:
     """One dict per trial run of the tracker's experiment, best first.
 
@@ -509,9 +509,7 @@ def trial_rows(tracker: Any, metric: str = "val_micro_f1",
     metric history); ``test_<k>`` are the run's latest values, which the driver logs for the
     best validation epoch.
     """
-    runs = tracker.client.search_runs([tracker.existing_experiment_id()],
-                                      filter_string="tags.`hpsearch.role` = 'trial'",
-                                      max_results=5000)
+    runs = tracker.runs(role="trial")
     # the fixed list, plus every param the runs differ in (what the search varied), so the
     # searched model.params of any family are columns; keys a run did not use stay empty
     keys = sorted({k for r in runs for k in r.data.params})
@@ -577,8 +575,7 @@ def compare_best(results_dir: str, experiments: Sequence[str], metric: str = "va
         b = rows[0]
         per_level = " / ".join(f"{b[f'test_micro_f1_level_{i}']:.3f}" for i in range(4)
                                if b.get(f"test_micro_f1_level_{i}") is not None)
-        parents = t.client.search_runs([t.existing_experiment_id()],
-                                       filter_string="tags.`hpsearch.role` = 'search'")
+        parents = t.runs(role="search")
         wall = sum((p.info.end_time - p.info.start_time) / 1000 for p in parents
                    if p.info.end_time)
         n_stop = sum(r["stopped_early"] == "true" for r in rows)
@@ -622,9 +619,6 @@ def label_throughput(*, family: str = "hyperbolic_cone", dim: int = 10,
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    from hpsearch.config import TrialConfig
-    from hpsearch.embeddings.experiment import LabelEmbeddingExperiment
-    from hpsearch.train.experiment import RunContext
 
     load_before = _loadavg()
     dev = torch.device(device)
@@ -680,7 +674,7 @@ def label_throughput(*, family: str = "hyperbolic_cone", dim: int = 10,
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m hpsearch.benchmarks",
+    ap = argparse.ArgumentParser(prog="hpsearch bench",
                                  description="input-pipeline and label-embedding benchmarks")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("input-pipeline", help="memmap cache vs per-batch JPEG decoding")
@@ -744,7 +738,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from hpsearch.errors import HpsearchError
 
     try:
         if args.command == "input-pipeline":
@@ -809,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1))
     except HpsearchError as e:
-        print(f"hpsearch.benchmarks: error: {e}", file=sys.stderr)
+        print(f"hpsearch.bench: error: {e}", file=sys.stderr)
         return 2
     return 0
 

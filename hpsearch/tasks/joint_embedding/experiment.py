@@ -21,7 +21,7 @@ Loss per batch (eq. 2.3), a sum as in the published code; ``loss`` reported per 
     L = Σ_pos E(f(u), f(v)) + Σ_neg max(0, α − E(f(u'), f(v')))
 
 with f = the label table for labels and f_i = map(W · s(φ(i)) + b) for images
-(:class:`~hpsearch.models.joint_families.JointEmbedding`); labels and W have separate
+(:class:`~hpsearch.models.joint_embedding.JointEmbedding`); labels and W have separate
 optimizers and learning rates (``label_lr``, ``image_lr``).
 
 Classification (eq. 5.1), per level l and image i: ŷ_l(i) = argmin_{u ∈ level l} E(f(u), f_i(i)).
@@ -39,7 +39,7 @@ deep inside the cone/orthant the image lies), never by label index. Metrics (bar
   ``recon_basic_f1`` (as the label-only experiment).
 
 Features come from a frozen network, extracted once per (source, dataset) and cached
-(:mod:`hpsearch.embeddings.features`). Staged init (thesis §6.2.6): ``init=from_run`` loads the
+(:mod:`hpsearch.tasks.joint_embedding.features`). Staged init (thesis §6.2.6): ``init=from_run`` loads the
 label table from a label-only run's ``label_embeddings.pt`` (its folder, or its checkpoint
 directory), matched by label name.
 
@@ -53,263 +53,34 @@ import json
 from pathlib import Path
 from typing import Any
 
-import geoopt
 import numpy as np
 import torch
 from torch import Tensor
 
-from hpsearch.config import TrialConfig
 from hpsearch.data import HierDataset, load_dataset
-from hpsearch.embeddings.epoch import margin_epoch
-from hpsearch.embeddings.features import SPLITS, cached_features
-from hpsearch.embeddings.negatives import (
-    LevelPools,
-    as_pairs,
-    closure_codes,
-    corruption_layout,
-    is_coded,
-    reject_and_redraw,
-)
-from hpsearch.embeddings.optim import build_optimizer, build_scheduler
+from hpsearch.data.negatives import JointNegativeSampler
 from hpsearch.errors import ConfigError, DataError, NonFiniteLossError
-from hpsearch.geometry import (
-    euclidean_cone_angle,
-    euclidean_cone_aperture,
-    hyperbolic_cone_angle,
-    hyperbolic_cone_aperture,
-)
+from hpsearch.hierarchy import Hierarchy
 from hpsearch.metrics.classification import level_metrics, levels_to_multihot
-from hpsearch.metrics.edges import embedding_reconstruction
 from hpsearch.metrics.hierarchical import leaf_lca_heights, mistake_severity, path_consistency
-from hpsearch.models.base import task_params
-from hpsearch.models.joint_families import (
-    TASK,
+from hpsearch.models.joint_embedding import (
     JointEmbedding,
     JointEmbeddingParams,
     build_joint_embedding,
-    feature_source,
 )
-from hpsearch.train.experiment import EXPERIMENTS, RunContext
+from hpsearch.tasks.base import RunContext, require_family
+from hpsearch.tasks.config import TrialConfig
+from hpsearch.tasks.edges import ReconstructionCache, margin_epoch
+from hpsearch.tasks.joint_embedding.classify import CHUNK_ELEMS, classify_levels
+from hpsearch.tasks.joint_embedding.features import SPLITS, cached_features, feature_source
+from hpsearch.tasks.joint_embedding.init import JOINT_META_FILE, load_label_table
+from hpsearch.tasks.label_embedding import EMBEDDINGS_FILE, NODES_FILE
+from hpsearch.tasks.optim import build_optimizer, build_scheduler, load_optimizer_state
 
-# the label-only experiment's file names (hpsearch.embeddings.experiment, imported lazily: it
-# and this module are both imported while the model registry initialises)
-EMBEDDINGS_FILE = "label_embeddings.pt"
-NODES_FILE = "label_nodes.json"
-LABEL_META_FILE = "label_embedding.json"
+TASK = "joint_embedding"
 IMAGE_MAP_FILE = "image_map.pt"
-JOINT_META_FILE = "joint_embedding.json"
-CHUNK_ELEMS = 1 << 22  # energies × dim per block when scoring all labels against all images
-HIT_KS = (3, 5)
 
 
-# ---------------------------------------------------------------------- negatives
-class JointNegativeSampler:
-    """Corrupts label–label and label → image positives without ever producing an
-    image–image pair; everything lives on ``device``.
-
-    Node ids: labels ``0..N-1``, images ``N..N+M-1``.
-
-    Args:
-        num_labels: N.
-        closure: ``[E, 2]`` label (ancestor, descendant) pairs.
-        label_level: ``[N]`` depth of every label.
-        image_labels: ``[M, L]`` *global* label ids of every training image's root path.
-        strategy: how a label endpoint is replaced: ``per_level`` (pass i of a side from level
-            (i + o) mod (L + 1), o a random rotation per positive and side, slot L = any
-            label), ``same_level`` (the replaced label's level) or ``uniform`` (any label).
-        negatives_per_side: k; columns ``[0, k)`` are (u, v'), ``[k, 2k)`` are (u', v).
-        max_rounds: rejection rounds; after half of them label slots fall back to any label.
-        device: where tables and samples live.
-    """
-
-    def __init__(self, num_labels: int, closure: np.ndarray | Tensor, label_level: np.ndarray
-                 | Tensor, image_labels: np.ndarray | Tensor, *, strategy: str = "per_level",
-                 negatives_per_side: int = 5, max_rounds: int = 16,
-                 device: torch.device | str = "cpu") -> None:
-        if strategy not in ("per_level", "same_level", "uniform"):
-            raise ConfigError(f"joint negative_strategy must be per_level, same_level or "
-                              f"uniform, got {strategy!r}")
-        if negatives_per_side < 1 or max_rounds < 1:
-            raise ConfigError(f"negatives_per_side and max_rounds must be >= 1, got "
-                              f"{negatives_per_side}, {max_rounds}")
-        self.device = torch.device(device)
-        self.n = int(num_labels)
-        self.k = int(negatives_per_side)
-        self.strategy = strategy
-        self.max_rounds = int(max_rounds)
-        self.codes = closure_codes(closure, self.n, self.device)
-        self.level = torch.as_tensor(label_level, dtype=torch.int64).to(self.device)
-        self.image_labels = torch.as_tensor(image_labels, dtype=torch.int64).to(self.device)
-        self.m = int(self.image_labels.shape[0])  # [M, L] global label ids
-        if self.m == 0:
-            raise DataError("the joint embedding needs at least one training image")
-        self.pools = LevelPools(self.n, self.level, self.device)
-        self.any_slot = self.pools.any_slot  # last slot: every label
-
-    # ------------------------------------------------------------------ lookup
-    def is_positive(self, u: Tensor, v: Tensor) -> Tensor:
-        """Elementwise: is (u, v) an edge of the training graph's closure? Image → anything
-        is never one."""
-        u_lab, v_img = u < self.n, v >= self.n
-        uc = u.clamp(0, self.n - 1)
-        ll = is_coded(self.codes, uc * self.n + v.clamp(0, self.n - 1))
-        img = (v - self.n).clamp(0, self.m - 1)
-        li = self.image_labels[img, self.level[uc]] == uc  # u on the image's root path
-        return u_lab & torch.where(v_img, li, ll)
-
-    def _images(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
-        r = torch.rand(shape, generator=generator, device=self.device)
-        return self.n + (r * self.m).long().clamp_max(self.m - 1)
-
-    # ------------------------------------------------------------------ sampling
-    def sample(self, pos: Tensor, generator: torch.Generator | None = None
-               ) -> tuple[Tensor, Tensor]:
-        """Negatives for positives ``pos [P, 2]`` (parent a label, child a label or image).
-
-        Returns:
-            ``(neg [P, 2k, 2], valid [P, 2k])``.
-        """
-        pos = pos.to(self.device)
-        p, k = len(pos), self.k
-        fixed, corrupt_child = corruption_layout(pos, k)
-        replaced = torch.cat([pos[:, 1:].expand(p, k), pos[:, :1].expand(p, k)], dim=1)
-        if self.strategy == "per_level":
-            slots = self.pools.rotated_slots(p, k, generator)
-        elif self.strategy == "same_level":
-            slots = self.level[replaced.clamp_max(self.n - 1)]
-        else:
-            slots = torch.full((p, 2 * k), self.any_slot, dtype=torch.int64, device=self.device)
-        fixed, corrupt_child = fixed.reshape(-1), corrupt_child.reshape(-1)
-        as_image = (replaced >= self.n).reshape(-1)  # image endpoints are replaced by images
-
-        def draw(s: Tensor, idx: Tensor) -> Tensor:
-            lab = self.pools.draw(s, generator)
-            img = self._images(s.shape, generator)
-            return torch.where(as_image[idx], img, lab)
-
-        def valid(idx: Tensor, cand: Tensor) -> Tensor:
-            parent, child = as_pairs(fixed[idx], cand, corrupt_child[idx])
-            return (parent != child) & (parent < self.n) & ~self.is_positive(parent, child)
-
-        cand, ok = reject_and_redraw(slots.reshape(-1), draw, valid,
-                                     max_rounds=self.max_rounds, any_slot=self.any_slot)
-        parent, child = as_pairs(fixed, cand, corrupt_child)
-        return (torch.stack([parent, child], dim=-1).reshape(p, 2 * k, 2),
-                ok.reshape(p, 2 * k))
-
-
-# ---------------------------------------------------------------------- classification
-def signed_violation(model: JointEmbedding, x: Tensor, y: Tensor) -> Tensor:
-    """Tie-break key for eq. 5.1: negative inside the cone / orthant, larger = worse.
-
-    cones: Ξ(x, y) − ψ(x) (angle units, for either energy space; same zero set as E);
-    order embeddings: max_j (x_j − y_j) (≤ 0 iff y ⪰ x).
-    """
-    if model.geometry == "order":
-        return (x - y).amax(-1)
-    K = model.labels.K
-    if model.geometry == "euclidean_cone":
-        return euclidean_cone_angle(x, y) - euclidean_cone_aperture(x, K)
-    return hyperbolic_cone_angle(x, y) - hyperbolic_cone_aperture(x, K)
-
-
-@torch.no_grad()
-def classify_levels(model: JointEmbedding, label_emb: Tensor, image_emb: Tensor,
-                    offsets: tuple[int, ...], sizes: tuple[int, ...],
-                    true_local: Tensor | None = None, ks: tuple[int, ...] = HIT_KS
-                    ) -> tuple[Tensor, dict[int, Tensor]]:
-    """Eq. 5.1 for every image and level.
-
-    Args:
-        model: gives the energy and the tie-break key.
-        label_emb: ``[N, d]`` all label embeddings.
-        image_emb: ``[n, d]`` image embeddings.
-        offsets, sizes: the hierarchy's level layout.
-        true_local: ``[n, L]`` true local labels, for hit@k.
-        ks: the k of hit@k.
-
-    Returns:
-        ``(pred [n, L] local indices, {k: hits [n, L] bool})`` (hits empty without labels).
-        Labels are ordered by (E, signed violation); ties in both go to the lower index.
-    """
-    n, d = image_emb.shape
-    pred = torch.zeros(n, len(sizes), dtype=torch.int64, device=image_emb.device)
-    hits = {k: torch.zeros(n, len(sizes), dtype=torch.bool, device=image_emb.device)
-            for k in (ks if true_local is not None else ())}
-    for lvl, (o, s) in enumerate(zip(offsets, sizes, strict=True)):
-        lab = label_emb[o:o + s]
-        rows = max(1, CHUNK_ELEMS // max(s * d, 1))
-        for a in range(0, n, rows):
-            img = image_emb[a:a + rows, None, :]  # [r, 1, d]
-            e = model.energy(lab[None], img)  # [r, s]
-            t = signed_violation(model, lab[None], img)  # [r, s]
-            best = e.min(1, keepdim=True).values
-            key = torch.where(e <= best, t, torch.full_like(t, float("inf")))
-            pred[a:a + rows, lvl] = key.argmin(1)
-            if hits:
-                y = true_local[a:a + rows, lvl:lvl + 1].to(e.device)  # type: ignore[index]
-                e_y, t_y = e.gather(1, y), t.gather(1, y)
-                better = (e < e_y) | ((e == e_y) & (t < t_y))
-                rank = better.sum(1)  # labels strictly ahead of the true one
-                for k in hits:
-                    hits[k][a:a + rows, lvl] = rank < k
-    return pred, hits
-
-
-# ---------------------------------------------------------------------- staged init
-def load_label_table(path: str | Path, nodes: tuple[str, ...], geometry: str) -> Tensor:
-    """``[N, d]`` label embeddings of a finished run, rows in the order of ``nodes``.
-
-    ``path`` is an exported ``label_embeddings.pt``, the folder holding it (with
-    ``label_nodes.json`` the rows are matched by name), or a run's checkpoint directory
-    (``best.pt``/``checkpoint.pt`` of a ``label_embedding`` or ``joint_embedding`` run).
-    """
-    p = Path(path).expanduser()
-    names: list[str] | None = None
-    src_geometry: str | None = None
-    folder = p if p.is_dir() else p.parent
-    if p.is_dir() and not (p / EMBEDDINGS_FILE).is_file() and (
-            (p / "best.pt").is_file() or (p / "checkpoint.pt").is_file()):
-        from hpsearch.train.driver import experiment_from_checkpoint
-
-        exp = experiment_from_checkpoint(p)
-        if not hasattr(exp, "embeddings"):
-            raise ConfigError(f"init_from={str(path)!r} is a {exp.cfg.model.family!r} run; "
-                              "staged init needs a label_embedding (or joint) run")
-        x = exp.embeddings().detach().cpu()  # type: ignore[attr-defined]
-        names = [str(s) for s in exp.nodes]  # type: ignore[attr-defined]
-        src_geometry = getattr(getattr(exp, "model", None), "geometry", None)
-    else:
-        from hpsearch.embeddings.experiment import load_embedding_tensor
-
-        x = load_embedding_tensor(p)
-        if (folder / NODES_FILE).is_file():
-            names = [str(s) for s in json.loads((folder / NODES_FILE).read_text())]
-        for meta in (LABEL_META_FILE, JOINT_META_FILE):
-            if (folder / meta).is_file():
-                src_geometry = json.loads((folder / meta).read_text()).get("geometry")
-                break
-    if src_geometry is not None and src_geometry != geometry:
-        raise ConfigError(f"init_from={str(path)!r} holds {src_geometry} embeddings; this "
-                          f"family needs {geometry} ones (use a run of the matching family)")
-    if names is not None:
-        if len(names) != len(x):
-            raise ConfigError(f"init_from={str(path)!r}: {len(names)} node names for "
-                              f"{len(x)} embedding rows")
-        index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in nodes if n not in index]
-        if missing:
-            raise ConfigError(f"init_from={str(path)!r} has no embedding for {len(missing)} of "
-                              f"the {len(nodes)} labels (e.g. {missing[0]!r}); it was trained on "
-                              "another label hierarchy")
-        x = x[torch.as_tensor([index[n] for n in nodes], dtype=torch.int64)]
-    elif len(x) != len(nodes):
-        raise ConfigError(f"init_from={str(path)!r} has {len(x)} rows but the hierarchy has "
-                          f"{len(nodes)} labels")
-    return x
-
-
-# ---------------------------------------------------------------------- experiment
 class JointEmbeddingExperiment:
     """Trains one joint family on an image dataset with a label hierarchy.
 
@@ -324,12 +95,11 @@ class JointEmbeddingExperiment:
         self.cfg = cfg
         self.ctx = ctx or RunContext()
         self.device = torch.device(self.ctx.device)
-        p: JointEmbeddingParams = task_params(  # type: ignore[assignment]
-            cfg.model.family, cfg.model.params, TASK, "joint-embedding")
+        p: JointEmbeddingParams = require_family(cfg, TASK)
         self.params = p
         self.data = dataset if dataset is not None else load_dataset(cfg.data)
         h = self.data.hierarchy
-        self.hierarchy = h
+        self.hierarchy: Hierarchy | None = h
         self.nodes = tuple(h.names)
         n = h.num_nodes
         self._check_labels()
@@ -355,13 +125,10 @@ class JointEmbeddingExperiment:
 
         self.label_optimizer = build_optimizer([self.model.labels.weight], p.optimizer,
                                                lr=p.label_lr, momentum=p.momentum)
-        w = list(self.model.image_map.parameters())
-        if p.image_optimizer == "adam":
-            self.image_optimizer: torch.optim.Optimizer = torch.optim.Adam(
-                w, lr=p.image_lr, weight_decay=p.image_weight_decay)
-        else:
-            self.image_optimizer = torch.optim.SGD(w, lr=p.image_lr, momentum=p.momentum,
-                                                   weight_decay=p.image_weight_decay)
+        self.image_optimizer = build_optimizer(
+            self.model.image_map.parameters(), p.image_optimizer, lr=p.image_lr,
+            momentum=p.momentum if p.image_optimizer == "sgd" else 0.0,
+            weight_decay=p.image_weight_decay)
         self.optimizers = (self.label_optimizer, self.image_optimizer)
         self.schedulers = tuple(build_scheduler(o, cfg.optim) for o in self.optimizers)
 
@@ -382,7 +149,7 @@ class JointEmbeddingExperiment:
             strategy=p.negative_strategy, negatives_per_side=p.negatives_per_side,
             device=self.device)
         self.steps = 0
-        self._recon_cache: tuple[int, dict[str, float]] | None = None
+        self._reconstruction = ReconstructionCache(p.recon_max_nodes, CHUNK_ELEMS)
         self._lca: np.ndarray | None = None  # leaf LCA heights, for mistake severity
 
     def _check_labels(self) -> None:
@@ -468,21 +235,10 @@ class JointEmbeddingExperiment:
                                self.image_embeddings(split), self.offsets, self.level_sizes,
                                self.level_labels[split])
 
-    @torch.no_grad()
     def reconstruction(self) -> dict[str, float]:
         """Label-graph reconstruction over all ordered label pairs (cached per update)."""
-        if self._recon_cache is not None and self._recon_cache[0] == self.steps:
-            return self._recon_cache[1]
-        n = self.model.num_labels
-        if n > self.params.recon_max_nodes:
-            out = {"recon_skipped": 1.0}
-        elif len(self.closure) == 0:
-            out = {"recon_skipped": 1.0}  # a flat label set has no label edges
-        else:
-            out = embedding_reconstruction(self.model.energy, self.model.label_embeddings(),
-                                           self.closure, self.basic, chunk_elems=CHUNK_ELEMS)
-        self._recon_cache = (self.steps, out)
-        return out
+        return self._reconstruction(self.steps, self.model.energy,
+                                    self.model.label_embeddings, self.closure, self.basic)
 
     def evaluate(self, split: str) -> dict[str, float]:
         if split not in SPLITS:
@@ -528,13 +284,7 @@ class JointEmbeddingExperiment:
                          strict=True):
             if st is None:
                 continue
-            o.load_state_dict(st)
-            if isinstance(o, geoopt.optim.RiemannianAdam):
-                # torch turns the int "step" into a tensor on load; geoopt's bias correction
-                # then rounds differently (see LabelEmbeddingExperiment.load_state_dict)
-                for s in o.state.values():
-                    if isinstance(s.get("step"), torch.Tensor):
-                        s["step"] = int(s["step"].item())
+            load_optimizer_state(o, st)
         for sch, st in zip(self.schedulers, state.get("schedulers") or [None, None],
                            strict=True):
             if sch is not None and st is not None:
@@ -542,7 +292,14 @@ class JointEmbeddingExperiment:
         self.steps = int(state.get("steps", 0))
         if state.get("generator") is not None:
             self.gen.set_state(state["generator"].cpu())
-        self._recon_cache = None
+        self._reconstruction.clear()
+
+    def reports(self, split: str) -> dict[str, str]:
+        return {}
+
+    @property
+    def geometry(self) -> str:
+        return self.model.geometry
 
     @torch.no_grad()
     def embeddings(self) -> Tensor:
@@ -575,5 +332,3 @@ class JointEmbeddingExperiment:
                 "energy": m.labels.energy_kind, "geometry": m.geometry,
                 "feature_source": self.source.describe()}
 
-
-EXPERIMENTS.add(TASK, JointEmbeddingExperiment)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hpsearch.errors import ConfigError
+from hpsearch.errors import ConfigError, DataError
 
 Strategy = Literal["uniform", "per_level"]
 STRATEGIES = ("uniform", "per_level")
@@ -195,6 +195,101 @@ class NegativeSampler:
         cand, ok = reject_and_redraw(slots.reshape(-1),
                                      lambda s, idx: self.pools.draw(s, generator), valid,
                                      max_rounds=self.max_rounds, any_slot=self.pools.any_slot)
+        parent, child = as_pairs(fixed, cand, corrupt_child)
+        return (torch.stack([parent, child], dim=-1).reshape(p, 2 * k, 2),
+                ok.reshape(p, 2 * k))
+
+
+class JointNegativeSampler:
+    """Corrupts label–label and label → image positives without ever producing an
+    image–image pair; everything lives on ``device``.
+
+    Node ids: labels ``0..N-1``, images ``N..N+M-1``.
+
+    Args:
+        num_labels: N.
+        closure: ``[E, 2]`` label (ancestor, descendant) pairs.
+        label_level: ``[N]`` depth of every label.
+        image_labels: ``[M, L]`` *global* label ids of every training image's root path.
+        strategy: how a label endpoint is replaced: ``per_level`` (pass i of a side from level
+            (i + o) mod (L + 1), o a random rotation per positive and side, slot L = any
+            label), ``same_level`` (the replaced label's level) or ``uniform`` (any label).
+        negatives_per_side: k; columns ``[0, k)`` are (u, v'), ``[k, 2k)`` are (u', v).
+        max_rounds: rejection rounds; after half of them label slots fall back to any label.
+        device: where tables and samples live.
+    """
+
+    def __init__(self, num_labels: int, closure: np.ndarray | Tensor, label_level: np.ndarray
+                 | Tensor, image_labels: np.ndarray | Tensor, *, strategy: str = "per_level",
+                 negatives_per_side: int = 5, max_rounds: int = 16,
+                 device: torch.device | str = "cpu") -> None:
+        if strategy not in ("per_level", "same_level", "uniform"):
+            raise ConfigError(f"joint negative_strategy must be per_level, same_level or "
+                              f"uniform, got {strategy!r}")
+        if negatives_per_side < 1 or max_rounds < 1:
+            raise ConfigError(f"negatives_per_side and max_rounds must be >= 1, got "
+                              f"{negatives_per_side}, {max_rounds}")
+        self.device = torch.device(device)
+        self.n = int(num_labels)
+        self.k = int(negatives_per_side)
+        self.strategy = strategy
+        self.max_rounds = int(max_rounds)
+        self.codes = closure_codes(closure, self.n, self.device)
+        self.level = torch.as_tensor(label_level, dtype=torch.int64).to(self.device)
+        self.image_labels = torch.as_tensor(image_labels, dtype=torch.int64).to(self.device)
+        self.m = int(self.image_labels.shape[0])  # [M, L] global label ids
+        if self.m == 0:
+            raise DataError("the joint embedding needs at least one training image")
+        self.pools = LevelPools(self.n, self.level, self.device)
+        self.any_slot = self.pools.any_slot  # last slot: every label
+
+    # ------------------------------------------------------------------ lookup
+    def is_positive(self, u: Tensor, v: Tensor) -> Tensor:
+        """Elementwise: is (u, v) an edge of the training graph's closure? Image → anything
+        is never one."""
+        u_lab, v_img = u < self.n, v >= self.n
+        uc = u.clamp(0, self.n - 1)
+        ll = is_coded(self.codes, uc * self.n + v.clamp(0, self.n - 1))
+        img = (v - self.n).clamp(0, self.m - 1)
+        li = self.image_labels[img, self.level[uc]] == uc  # u on the image's root path
+        return u_lab & torch.where(v_img, li, ll)
+
+    def _images(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
+        r = torch.rand(shape, generator=generator, device=self.device)
+        return self.n + (r * self.m).long().clamp_max(self.m - 1)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, pos: Tensor, generator: torch.Generator | None = None
+               ) -> tuple[Tensor, Tensor]:
+        """Negatives for positives ``pos [P, 2]`` (parent a label, child a label or image).
+
+        Returns:
+            ``(neg [P, 2k, 2], valid [P, 2k])``.
+        """
+        pos = pos.to(self.device)
+        p, k = len(pos), self.k
+        fixed, corrupt_child = corruption_layout(pos, k)
+        replaced = torch.cat([pos[:, 1:].expand(p, k), pos[:, :1].expand(p, k)], dim=1)
+        if self.strategy == "per_level":
+            slots = self.pools.rotated_slots(p, k, generator)
+        elif self.strategy == "same_level":
+            slots = self.level[replaced.clamp_max(self.n - 1)]
+        else:
+            slots = torch.full((p, 2 * k), self.any_slot, dtype=torch.int64, device=self.device)
+        fixed, corrupt_child = fixed.reshape(-1), corrupt_child.reshape(-1)
+        as_image = (replaced >= self.n).reshape(-1)  # image endpoints are replaced by images
+
+        def draw(s: Tensor, idx: Tensor) -> Tensor:
+            lab = self.pools.draw(s, generator)
+            img = self._images(s.shape, generator)
+            return torch.where(as_image[idx], img, lab)
+
+        def valid(idx: Tensor, cand: Tensor) -> Tensor:
+            parent, child = as_pairs(fixed[idx], cand, corrupt_child[idx])
+            return (parent != child) & (parent < self.n) & ~self.is_positive(parent, child)
+
+        cand, ok = reject_and_redraw(slots.reshape(-1), draw, valid,
+                                     max_rounds=self.max_rounds, any_slot=self.any_slot)
         parent, child = as_pairs(fixed, cand, corrupt_child)
         return (torch.stack([parent, child], dim=-1).reshape(p, 2 * k, 2),
                 ok.reshape(p, 2 * k))

@@ -1,5 +1,8 @@
 """Ray side of one trial: the Tune function trainable and the Ray Train worker loop.
 
+The trial's config comes from the Tune config through :mod:`hpsearch.search.codec`; the
+training itself is :func:`hpsearch.tasks.runner.run_trial`, the same everywhere.
+
 * One worker (default): the trial trains **in the Tune trial process** - no TorchTrainer
   start-up cost (15-30 s per trial). Checkpoints go through ``tune.report``; a restarted
   trial resumes from ``tune.get_checkpoint()``.
@@ -17,25 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray.train
 import torch
+from ray import tune
 
-from hpsearch.config import TrialConfig
-from hpsearch.train.driver import run_trial, staging_dir
-from hpsearch.train.experiment import RunContext
-
-BASE_KEY = "__hpsearch_base"  # flat fixed values carried in every trial's config
-STORAGE_KEY = "__hpsearch_storage"  # where TorchTrainer runs keep their checkpoints
-INTERNAL_PREFIX = "__hpsearch"
-
-
-def trial_config(config: dict[str, Any]) -> TrialConfig:
-    """Tune's config (sampled dotted keys + the carried base) -> validated TrialConfig."""
-    from hpsearch.search.space import decode_choice
-
-    flat = dict(config.get(BASE_KEY, {}))
-    flat.update({k: decode_choice(v) for k, v in config.items()
-                 if not k.startswith(INTERNAL_PREFIX)})
-    return TrialConfig.from_flat(flat)
+from hpsearch.search.codec import trainer_storage, trial_config
+from hpsearch.tasks import RunContext, TrialConfig
+from hpsearch.tasks.runner import run_trial, staging_dir
 
 
 def _local_device(use_gpu: bool) -> torch.device:
@@ -46,11 +37,9 @@ def _local_device(use_gpu: bool) -> torch.device:
 
 def tune_trainable(config: dict[str, Any]) -> None:
     """The function trainable handed to ``tune.Tuner``."""
-    from ray import tune
-
     cfg = trial_config(config)
-    if cfg.resources.num_workers > 1 or cfg.resources.force_trainer:
-        _run_torch_trainer(cfg, config.get(STORAGE_KEY))
+    if cfg.resources.trainer_path:
+        _run_torch_trainer(cfg, trainer_storage(config))
         return
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
@@ -75,8 +64,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Body of every Ray Train worker: DDP process group already set up by TorchTrainer."""
-    import ray.train
-    import ray.train.torch
+    import ray.train.torch  # Ray Train's torch backend: only on the TorchTrainer path
 
     cfg = TrialConfig.model_validate(loop_config["cfg"])
     tctx = ray.train.get_context()
@@ -104,8 +92,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _run_torch_trainer(cfg: TrialConfig, storage: str | None) -> None:
-    import ray.train
-    from ray import tune
+    # Ray Train's torch backend and Tune bridge: only on the TorchTrainer path
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -113,7 +100,7 @@ def _run_torch_trainer(cfg: TrialConfig, storage: str | None) -> None:
     r = cfg.resources
     per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
-        per_worker["GPU"] = r.gpus_per_worker or 1.0
+        per_worker["GPU"] = r.gpus_per_worker or 1.0  # gpus_per_trial alone: one per worker
     storage = storage or os.path.join(tempfile.gettempdir(), "hpsearch-train")
     trainer = TorchTrainer(
         train_loop_per_worker,

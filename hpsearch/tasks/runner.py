@@ -2,7 +2,7 @@
 
 The loop trains, validates, tests the best epoch so far, checkpoints every epoch and hands
 metrics plus the checkpoint directory to a :class:`Reporter`. Ray-specific reporters live in
-``hpsearch.train.worker``; this module imports neither Ray nor MLflow.
+``hpsearch.search.trainable``; this module imports neither Ray nor MLflow.
 """
 
 from __future__ import annotations
@@ -14,18 +14,24 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from hpsearch.config import TrialConfig, validate_trial
-from hpsearch.train.experiment import Experiment, RunContext, build_experiment
+from hpsearch.errors import ConfigError
+from hpsearch.tasks.base import Experiment, RunContext, build_experiment, task_of
+from hpsearch.tasks.checkpoint import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    REPORTS_DIR,
+    BestSoFar,
+    inference_state,
+    load_checkpoint,
+    save_checkpoint,
+)
+from hpsearch.tasks.config import TrialConfig
 
-CHECKPOINT_FILE = "checkpoint.pt"
-BEST_FILE = "best.pt"
-REPORTS_DIR = "reports"  # text artifacts of the best epoch (e.g. per-label F1 tables)
 STAGING_PREFIX = "hpsearch-"  # + kind ("ckpt", "resume") + "-<host>-<pid>-<random>"
 
 
@@ -81,33 +87,9 @@ class Reporter(Protocol):
         """Publish one epoch's metrics; ``checkpoint_dir`` (rank 0 only) may be moved away."""
 
 
-@dataclass
-class BestSoFar:
-    value: float = math.nan
-    epoch: int = -1
-    test: dict[str, float] | None = None
-    tie: float = math.nan  # the tie-break metric at the best epoch (NaN: none configured)
-
-    def improves(self, v: float, mode: str, tie: float = math.nan,
-                 tie_mode: str = "max") -> bool:
-        """Strictly better ``v``; or an equal ``v`` with a strictly better ``tie``."""
-        if math.isnan(v):
-            return False
-        if math.isnan(self.value):
-            return True
-        if v != self.value:
-            return v > self.value if mode == "max" else v < self.value
-        if math.isnan(tie):
-            return False
-        if math.isnan(self.tie):
-            return True
-        return tie > self.tie if tie_mode == "max" else tie < self.tie
-
-
 def require_metrics(cfg: TrialConfig, names: set[str]) -> None:
     """``cfg.metric`` and ``cfg.tie_break`` must be among the metric names (without ``val_``)
     the family evaluates, else :class:`ConfigError` listing the ones it has."""
-    from hpsearch.errors import ConfigError
 
     for what, m in (("metric", cfg.metric), ("tie_break", cfg.tie_break)):
         if m is not None and m.removeprefix("val_") not in names:
@@ -116,23 +98,10 @@ def require_metrics(cfg: TrialConfig, names: set[str]) -> None:
                               f"{', '.join('val_' + k for k in sorted(names))}")
 
 
-def save_checkpoint(path: Path, exp: Experiment, epoch: int, best: BestSoFar,
-                    best_state: dict[str, Any] | None,
-                    reports: dict[str, str] | None = None) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    if reports:
-        (path / REPORTS_DIR).mkdir(exist_ok=True)
-        for name, text in reports.items():
-            (path / REPORTS_DIR / name).write_text(text)
-    torch.save({"experiment": exp.state_dict(), "epoch": epoch, "config": exp.cfg.model_dump(),
-                "best": vars(best)}, path / CHECKPOINT_FILE)
-    if best_state is not None:
-        torch.save({"experiment": best_state, "epoch": best.epoch,
-                    "config": exp.cfg.model_dump()}, path / BEST_FILE)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+def check_metrics(cfg: TrialConfig) -> None:
+    """The search's pre-flight: ``cfg.metric`` and ``cfg.tie_break`` are among the metrics the
+    task logs for this config (``TaskSpec.metric_names``), else one-line :class:`ConfigError`."""
+    require_metrics(cfg, task_of(cfg).metric_names(cfg))
 
 
 def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = None,
@@ -175,7 +144,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
             best.value, best.epoch, best.tie = val[metric], epoch, tie_v
             best.test = exp.evaluate("test")
             best_state = _cpu_copy(inference_state(exp.state_dict()))
-            reports = exp.reports("test") if hasattr(exp, "reports") else {}
+            reports = exp.reports("test")
         metrics: dict[str, float] = {"epoch": float(epoch + 1)}
         metrics.update({f"train_{k}": v for k, v in train.items()})
         metrics.update({f"val_{k}": v for k, v in val.items()})
@@ -193,19 +162,6 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
             if ckpt is not None:
                 shutil.rmtree(ckpt, ignore_errors=True)
     return best
-
-
-# what only continuing the training needs; best.pt leaves it out (checkpoint.pt has it)
-TRAINING_STATE_KEYS = ("optimizer", "optimizers", "scheduler", "schedulers", "generator")
-
-
-def inference_state(state: dict[str, Any]) -> dict[str, Any]:
-    """An experiment state without optimizer, scheduler and RNG state: what export, predict,
-    reports and warm starts read from ``best.pt``. For a ResNet-18 with Adam that is a third
-    of the bytes (the two Adam moments are twice the weights), in every staging directory,
-    Ray checkpoint and uploaded MLflow artifact. ``load_state_dict`` of every experiment
-    accepts it (optimizer state left as built)."""
-    return {k: v for k, v in state.items() if k not in TRAINING_STATE_KEYS}
 
 
 def _cpu_copy(state: Any) -> Any:
@@ -238,15 +194,3 @@ class DirectoryReporter:
             keys = [k for k in ("epoch", "train_loss", "val_micro_f1", "val_macro_f1")
                     if k in metrics]
             self.echo("  ".join(f"{k}={metrics[k]:.4g}" for k in keys))
-
-
-def experiment_from_checkpoint(path: Path, *, best: bool = True,
-                               ctx: RunContext | None = None) -> Experiment:
-    """Rebuild an experiment from a checkpoint directory (the best epoch's state by default)."""
-    path = Path(path)
-    f = path / (BEST_FILE if best and (path / BEST_FILE).exists() else CHECKPOINT_FILE)
-    state = torch.load(f, map_location="cpu", weights_only=False)
-    cfg = validate_trial(state["config"])
-    exp = build_experiment(cfg, ctx or RunContext())
-    exp.load_state_dict(state["experiment"])
-    return exp

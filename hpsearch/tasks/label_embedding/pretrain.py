@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hpsearch.embeddings.negatives import NegativeSampler
+from hpsearch.data.negatives import NegativeSampler
 from hpsearch.errors import NonFiniteLossError
 from hpsearch.geometry import ConeBall, dist
 

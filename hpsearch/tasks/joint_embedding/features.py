@@ -19,7 +19,7 @@ Sources (``model.params.features``):
 * ``backbone``: a registered backbone (``model.backbone``: ``small_cnn``, torchvision names), with
   local ``model.pretrained_weights`` or seeded random weights;
 * ``checkpoint``: a trained image-classifier run's checkpoint directory
-  (:func:`hpsearch.train.driver.experiment_from_checkpoint`), whose model's
+  (:func:`hpsearch.tasks.runner.experiment_from_checkpoint`), whose model's
   ``forward_features`` and evaluation preprocessing are used. An MLflow run id is resolved to
   such a directory by the CLI layer, not here.
 
@@ -34,7 +34,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,10 +43,16 @@ from torch import nn
 from hpsearch.config import DataConfig, ModelConfig
 from hpsearch.data.base import HierDataset, ImageSplit
 from hpsearch.data.cache import cache_key, cache_root, locked
+from hpsearch.data.transforms import Preprocess
 from hpsearch.errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # train.loop imports the model registry, which imports this module
-    from hpsearch.train.loop import Preprocess
+from hpsearch.models.backbones import build_backbone
+from hpsearch.models.joint_embedding import JointEmbeddingParams
+from hpsearch.tasks.base import RunContext, task_of
+from hpsearch.tasks.checkpoint import checkpoint_file as state_file
+from hpsearch.tasks.checkpoint import read_state
+from hpsearch.tasks.classifier import SPEC as CLASSIFIER
+from hpsearch.tasks.classifier import ClassifierExperiment
+from hpsearch.tasks.config import validate_trial
 
 SPLITS = ("train", "val", "test")
 FEATURE_VERSION = 1  # bump when extraction changes, to invalidate old entries
@@ -131,16 +137,9 @@ class FeatureSource:
 
 def checkpoint_file(path: str | os.PathLike | None) -> Path:
     """The state file of a checkpoint directory (``best.pt`` if present, else
-    ``checkpoint.pt``), as :func:`~hpsearch.train.driver.experiment_from_checkpoint` reads it."""
-    from hpsearch.train.driver import BEST_FILE, CHECKPOINT_FILE
-
-    d = Path(str(path)).expanduser()
-    for name in (BEST_FILE, CHECKPOINT_FILE):
-        if (d / name).is_file():
-            return d / name
-    raise ConfigError(f"feature_checkpoint={str(path)!r}: no {BEST_FILE} or {CHECKPOINT_FILE} "
-                      "there; point it at the checkpoint directory of a trained image-classifier"
-                      " run (hpsearch train --out DIR)")
+    ``checkpoint.pt``), as :func:`~hpsearch.tasks.checkpoint.experiment_from_checkpoint` reads
+    it."""
+    return state_file(str(path), what="feature_checkpoint")
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-1, per process
@@ -193,9 +192,6 @@ def build_extractor(source: FeatureSource, dataset: HierDataset, data_cfg: DataC
     device = torch.device(device)
     if source.kind == "checkpoint":
         return _checkpoint_extractor(source, dataset, device)
-    from hpsearch.models.backbones import build_backbone
-    from hpsearch.train.loop import Preprocess
-
     mc = ModelConfig(backbone=source.backbone, pretrained_weights=source.pretrained_weights,
                      width=source.width, grayscale=source.grayscale)
     in_ch = 1 if source.grayscale else dataset.channels
@@ -208,30 +204,31 @@ def build_extractor(source: FeatureSource, dataset: HierDataset, data_cfg: DataC
     return FeatureExtractor(net.to(device).eval(), pre, int(net.out_dim), device)
 
 
+def classifier_from_checkpoint(path: str | os.PathLike, ctx: RunContext | None = None
+                               ) -> ClassifierExperiment:
+    """The image classifier saved in checkpoint directory ``path`` (its best epoch), or a
+    :class:`ConfigError` when that run is of another task (no image backbone)."""
+    state = read_state(checkpoint_file(path).parent)
+    cfg = validate_trial(state["config"])
+    if task_of(cfg).name != CLASSIFIER.name:
+        raise ConfigError(f"feature_checkpoint={str(path)!r} holds a {cfg.model.family!r} run, "
+                          "which has no image backbone; use the checkpoint of an "
+                          "image-classifier run")
+    exp = ClassifierExperiment(cfg, ctx or RunContext())
+    exp.load_state_dict(state["experiment"])
+    return exp
+
+
 def _checkpoint_extractor(source: FeatureSource, dataset: HierDataset,
                           device: torch.device) -> FeatureExtractor:
-    from hpsearch.train.driver import experiment_from_checkpoint
-    from hpsearch.train.experiment import RunContext
-    from hpsearch.train.loop import Preprocess
-
-    checkpoint_file(source.checkpoint)  # clear error before rebuilding anything
-    exp = experiment_from_checkpoint(Path(str(source.checkpoint)),
-                                     ctx=RunContext(device=device))
-    model = getattr(exp, "model", None)
-    if model is None or not hasattr(model, "forward_features"):
-        raise ConfigError(f"feature_checkpoint={source.checkpoint!r} holds a "
-                          f"{exp.cfg.model.family!r} run, which has no image backbone; use the "
-                          "checkpoint of an image-classifier run")
-    ccfg = exp.cfg
-    src_data = getattr(exp, "data", None)
-    if src_data is not None and src_data.channels != dataset.channels:
+    exp = classifier_from_checkpoint(str(source.checkpoint), RunContext(device=device))
+    model, ccfg, src_data = exp.model, exp.cfg, exp.data
+    if src_data.channels != dataset.channels:
         raise ConfigError(f"feature_checkpoint={source.checkpoint!r} was trained on "
                           f"{src_data.channels}-channel images, the joint dataset has "
                           f"{dataset.channels}")
-    mean = src_data.mean if src_data is not None else dataset.mean
-    std = src_data.std if src_data is not None else dataset.std
-    pre = Preprocess(mean=tuple(mean), std=tuple(std), size=ccfg.data.image_size,
-                     grayscale=ccfg.model.grayscale)
+    pre = Preprocess(mean=tuple(src_data.mean), std=tuple(src_data.std),
+                     size=ccfg.data.image_size, grayscale=ccfg.model.grayscale)
     model.requires_grad_(False)
     model.to(device).eval()
     out_dim = int(getattr(model.backbone, "out_dim", 0))
@@ -240,6 +237,27 @@ def _checkpoint_extractor(source: FeatureSource, dataset: HierDataset,
             probe = torch.from_numpy(np.array(dataset.train.images[:1])).to(device)
             out_dim = int(model.forward_features(pre(probe)).reshape(1, -1).shape[1])
     return FeatureExtractor(model, pre, out_dim, device)
+
+
+def feature_source(model: ModelConfig, params: JointEmbeddingParams) -> FeatureSource:
+    """The :class:`FeatureSource` named by a joint config."""
+    return FeatureSource.from_model_config(model, kind=params.features,
+                                           checkpoint=params.feature_checkpoint,
+                                           seed=params.feature_seed)
+
+
+def source_feature_dim(model: ModelConfig, params: JointEmbeddingParams, in_ch: int = 3) -> int:
+    """F of a feature source without extracting anything (builds the network only)."""
+    if params.features == "checkpoint":
+        cfg = validate_trial(read_state(checkpoint_file(params.feature_checkpoint).parent)
+                             ["config"])
+        mc = cfg.model
+        in_ch = 1 if mc.grayscale else in_ch
+    else:
+        mc = ModelConfig(backbone=model.backbone, width=model.width, grayscale=model.grayscale)
+        in_ch = 1 if model.grayscale else in_ch
+    return int(build_backbone(mc.model_copy(update={"pretrained_weights": None,
+                                                    "freeze_backbone": False}), in_ch).out_dim)
 
 
 # ---------------------------------------------------------------------- cache

@@ -31,46 +31,40 @@ import math
 from pathlib import Path
 from typing import Any
 
-import geoopt
 import numpy as np
 import torch
 
-from hpsearch.config import TrialConfig
-from hpsearch.embeddings.epoch import margin_epoch
-from hpsearch.embeddings.negatives import NegativeSampler
-from hpsearch.embeddings.optim import build_optimizer, build_scheduler
-from hpsearch.embeddings.splits import (
+from hpsearch.data.edge_splits import (
     EdgeSplits,
     make_edge_splits,
     node_levels,
     predefined_edge_splits,
 )
+from hpsearch.data.labels import LabelGraph, load_label_hierarchy
+from hpsearch.data.negatives import NegativeSampler
 from hpsearch.errors import ConfigError, DataError, NonFiniteLossError
-from hpsearch.metrics.edges import (
-    embedding_reconstruction,
-    f1_at_threshold,
-    f1_optimal_interval,
-    place_threshold,
-)
-from hpsearch.models.base import task_params
-from hpsearch.models.embedding_families import (
-    TASK,
+from hpsearch.hierarchy import Hierarchy
+from hpsearch.metrics.edges import f1_at_threshold, f1_optimal_interval, place_threshold
+from hpsearch.models.label_embedding import (
     LabelEmbedding,
     LabelEmbeddingParams,
     build_label_embedding,
 )
-from hpsearch.train.experiment import EXPERIMENTS, RunContext
+from hpsearch.tasks.base import RunContext, require_family
+from hpsearch.tasks.config import TrialConfig
+from hpsearch.tasks.edges import ReconstructionCache, margin_epoch
+from hpsearch.tasks.label_embedding.pretrain import poincare_pretrain
+from hpsearch.tasks.optim import build_optimizer, build_scheduler, load_optimizer_state
 
+TASK = "label_embedding"
 EMBEDDINGS_FILE = "label_embeddings.pt"
 NODES_FILE = "label_nodes.json"
 META_FILE = "label_embedding.json"
 RECON_CHUNK_ELEMS = 1 << 24  # energies per row block when reconstructing the graph
 
 
-def load_label_graph(cfg: TrialConfig) -> Any:
+def load_label_graph(cfg: TrialConfig) -> LabelGraph:
     """The :class:`~hpsearch.data.labels.LabelGraph` named by ``cfg.data``."""
-    from hpsearch.data.labels import load_label_hierarchy
-
     params = dict(cfg.data.params)
     source = params.pop("label_source", None)
     if source is None:
@@ -134,9 +128,9 @@ class LabelEmbeddingExperiment:
         self.cfg = cfg
         self.ctx = ctx or RunContext()
         self.device = torch.device(self.ctx.device)
-        self.params: LabelEmbeddingParams = task_params(  # type: ignore[assignment]
-            cfg.model.family, cfg.model.params, TASK, "label-embedding")
+        self.params: LabelEmbeddingParams = require_family(cfg, TASK)
         self.graph = graph if graph is not None else load_label_graph(cfg)
+        self.hierarchy: Hierarchy | None = getattr(self.graph, "hierarchy", None)
         self.nodes = tuple(str(x) for x in self.graph.nodes)
         self.splits = build_splits(self.graph, self.params)
         n = self.splits.num_nodes
@@ -165,7 +159,8 @@ class LabelEmbeddingExperiment:
         self.threshold: float | None = None
         self.threshold_midpoint: float | None = None
         self.steps = 0
-        self._recon_cache: tuple[int, dict[str, float]] | None = None
+        self._reconstruction = ReconstructionCache(self.params.recon_max_nodes,
+                                                   RECON_CHUNK_ELEMS)
 
     # ------------------------------------------------------------------ init
     def _initialise(self) -> None:
@@ -173,8 +168,6 @@ class LabelEmbeddingExperiment:
         if p.init == "from_run":
             self.model.set_embeddings(load_embedding_tensor(p.init_from))  # type: ignore
         elif p.init == "poincare_init":
-            from hpsearch.embeddings.pretrain import poincare_pretrain
-
             x = poincare_pretrain(
                 self.splits.train, self.splits.num_nodes, p.dim, closure=self.splits.closure,
                 epochs=p.init_epochs, lr=p.init_lr, burn_in=p.init_burn_in,  # type: ignore
@@ -236,20 +229,10 @@ class LabelEmbeddingExperiment:
         loss = (e_pos.sum() + (self.model.margin - e_neg).clamp_min(0).sum()) / max(len(pos), 1)
         return {**out, "loss": float(loss)}
 
-    @torch.no_grad()
     def reconstruction(self) -> dict[str, float]:
         """All-ordered-pairs reconstruction (thesis §6.1.1), cached per parameter update."""
-        if self._recon_cache is not None and self._recon_cache[0] == self.steps:
-            return self._recon_cache[1]
-        n = self.splits.num_nodes
-        if n > self.params.recon_max_nodes:
-            out = {"recon_skipped": 1.0}
-        else:
-            # N² energies in [rows, N] blocks; N <= recon_max_nodes
-            out = embedding_reconstruction(self.model.energy, self.model(), self.closure,
-                                           self.basic, chunk_elems=RECON_CHUNK_ELEMS)
-        self._recon_cache = (self.steps, out)
-        return out
+        return self._reconstruction(self.steps, self.model.energy, self.model, self.closure,
+                                    self.basic)
 
     def evaluate(self, split: str) -> dict[str, float]:
         if split not in ("val", "test"):
@@ -274,13 +257,7 @@ class LabelEmbeddingExperiment:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         if state.get("optimizer") is not None:  # absent from best.pt (inference state)
-            self.optimizer.load_state_dict(state["optimizer"])
-        if isinstance(self.optimizer, geoopt.optim.RiemannianAdam):
-            # torch turns the int "step" into a float32 tensor on load; geoopt's bias correction
-            # then rounds differently and a resumed run drifts from the uninterrupted one
-            for st in self.optimizer.state.values():
-                if isinstance(st.get("step"), torch.Tensor):
-                    st["step"] = int(st["step"].item())
+            load_optimizer_state(self.optimizer, state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.threshold = state.get("threshold")
@@ -288,7 +265,14 @@ class LabelEmbeddingExperiment:
         self.steps = int(state.get("steps", 0))
         if state.get("generator") is not None:
             self.gen.set_state(state["generator"].cpu())
-        self._recon_cache = None
+        self._reconstruction.clear()
+
+    def reports(self, split: str) -> dict[str, str]:
+        return {}
+
+    @property
+    def geometry(self) -> str:
+        return self.model.geometry
 
     @torch.no_grad()
     def embeddings(self) -> torch.Tensor:
@@ -315,5 +299,3 @@ class LabelEmbeddingExperiment:
                 "threshold": self.threshold, "energy": self.model.energy_kind,
                 "geometry": self.model.geometry}
 
-
-EXPERIMENTS.add(TASK, LabelEmbeddingExperiment)

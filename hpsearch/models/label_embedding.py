@@ -1,7 +1,7 @@
 """Label-embedding families (thesis ch. 5): order embeddings, Euclidean and hyperbolic cones.
 
 Each family is a table of label vectors plus an energy E(f(u), f(v)) that is low when v is-a u.
-They are trained by :class:`hpsearch.embeddings.experiment.LabelEmbeddingExperiment` (task
+They are trained by :class:`hpsearch.tasks.label_embedding.LabelEmbeddingExperiment` (task
 ``label_embedding``), never by the image classifier loop.
 
 Parametrisations (``LabelEmbedding.mode``):
@@ -64,6 +64,10 @@ class LabelEmbeddingParams(FamilyParams):
     dtype: Literal["float32", "float64"] = "float32"
     recon_max_nodes: int = Field(5000, ge=0)  # skip all-pairs reconstruction above N nodes
 
+    def aperture(self) -> float:
+        """The cone aperture constant K (0 for order embeddings, which have no cone)."""
+        return 0.0
+
     @model_validator(mode="after")
     def _check_init(self) -> LabelEmbeddingParams:
         if self.init == "from_run" and not self.init_from:
@@ -83,6 +87,9 @@ class EuclideanConeParams(LabelEmbeddingParams):
     norm_offset: bool = True  # f = ŵ(||w|| + K) keeps ||f|| >= K (published soft_clip)
     optimizer: Literal["adam", "sgd"] = "adam"
 
+    def aperture(self) -> float:
+        return self.K
+
 
 class HyperbolicConeParams(LabelEmbeddingParams):
     margin: float = Field(0.1, gt=0)  # thesis Table 6.2
@@ -95,6 +102,9 @@ class HyperbolicConeParams(LabelEmbeddingParams):
     init_lr: float = Field(0.03, gt=0)  # poincare_init: RSGD learning rate
     init_burn_in: int = Field(20, ge=0)  # poincare_init: first epochs at lr/10
     init_rescale: float = Field(0.7, gt=0, le=1)  # cones start from 0.7 × Poincaré vectors
+
+    def aperture(self) -> float:
+        return self.K
 
 
 GEOMETRY = {"order_embedding": "order", "euclidean_cone": "euclidean_cone",
@@ -120,7 +130,7 @@ class LabelEmbedding(nn.Module):
         self.num_nodes = int(num_nodes)
         self.dim = params.dim
         self.margin = params.margin
-        self.K = float(getattr(params, "K", 0.0))
+        self.K = params.aperture()
         self.energy_kind: str = params.energy  # type: ignore[attr-defined]
         dtype = torch.float64 if params.dtype == "float64" else torch.float32
         data = torch.zeros(self.num_nodes, self.dim, dtype=dtype)
@@ -238,7 +248,3 @@ register_family("euclidean_cone", task=TASK, params=EuclideanConeParams,
 register_family("hyperbolic_cone", task=TASK, params=HyperbolicConeParams,
                 description="hyperbolic entailment cones on the Poincaré ball (thesis §5.4)"
                 )(_builder("hyperbolic_cone"))
-
-# The experiment that trains these families registers itself under TASK on import; importing
-# it here makes ``hpsearch.models`` (which build_experiment imports) enough to find it.
-import hpsearch.embeddings.experiment  # noqa: E402, F401

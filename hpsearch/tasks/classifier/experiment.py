@@ -1,4 +1,5 @@
-"""The image-classification experiment: every CNN family trains through this one class.
+"""The image-classification experiment: every CNN family (a head on a backbone) trains through
+this one class.
 
 Runs single-process or as one rank of a torch.distributed group (DDP): the caller (the Ray
 Train worker) initialises the process group; this module only reads ``RunContext``.
@@ -14,52 +15,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpsearch.config import TrialConfig
 from hpsearch.data import HierDataset, load_dataset
 from hpsearch.data.samplers import class_weights, resample_weights
+from hpsearch.data.transforms import Preprocess, epoch_indices, iterate_batches
 from hpsearch.errors import ConfigError
-from hpsearch.metrics.hierarchical import leaf_lca_heights
+from hpsearch.metrics.hierarchical import (
+    f1_by_count_bucket,
+    leaf_lca_heights,
+    per_label_f1_vs_train_size,
+    train_counts_from_labels,
+)
 from hpsearch.models import build_model
 from hpsearch.models.base import Head, HierarchicalClassifier
-from hpsearch.train.experiment import EXPERIMENTS, RunContext
-from hpsearch.train.loop import (
-    Preprocess,
+from hpsearch.tasks.base import RunContext, require_family, seed_everything
+from hpsearch.tasks.classifier.loop import (
     collect_outputs,
-    epoch_indices,
     evaluate,
-    iterate_batches,
     leaf_similarity,
     train_one_epoch,
 )
+from hpsearch.tasks.config import TrialConfig
+from hpsearch.tasks.optim import build_optimizer, build_scheduler
 
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def build_optimizer(cfg: TrialConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                               nesterov=o.momentum > 0)
-    if o.optimizer == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-
-
-def build_scheduler(cfg: TrialConfig, opt: torch.optim.Optimizer):
-    """Per-epoch LR schedule: step (x0.1 every ``step_size``), cosine to 0 over ``epochs``, or
-    SGDR warm restarts (Loshchilov & Hutter 2017; Barz & Denzler's recipe)."""
-    o = cfg.optim
-    if o.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=0.1)
-    if o.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs)
-    if o.schedule == "sgdr":
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-            opt, T_0=o.sgdr_period, T_mult=o.sgdr_mult, eta_min=1e-6)
-    return None
+TASK = "classifier"
 
 
 class ClassifierExperiment:
@@ -67,6 +45,7 @@ class ClassifierExperiment:
 
     def __init__(self, cfg: TrialConfig, ctx: RunContext,
                  dataset: HierDataset | None = None) -> None:
+        require_family(cfg, TASK)
         self.cfg, self.ctx = cfg, ctx
         seed_everything(cfg.seed)
         self.data = dataset or load_dataset(cfg.data)
@@ -93,8 +72,10 @@ class ClassifierExperiment:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("the model has no trainable parameters")
-        self.optimizer = build_optimizer(cfg, params)
-        self.scheduler = build_scheduler(cfg, self.optimizer)
+        o = cfg.optim
+        self.optimizer = build_optimizer(params, o.optimizer, lr=o.lr, momentum=o.momentum,
+                                         weight_decay=o.weight_decay, nesterov=True)
+        self.scheduler = build_scheduler(self.optimizer, o)
         common = dict(mean=self.data.mean, std=self.data.std, size=cfg.data.image_size,
                       grayscale=cfg.model.grayscale, channels_last=channels_last)
         self.pre_train = Preprocess(augment=cfg.data.augment, **common)
@@ -152,12 +133,6 @@ class ClassifierExperiment:
         (thesis Fig. 4.1 as a table) and its summary by training-count bucket."""
         if self.head.decision != "argmax" or not self.hierarchy.is_leveled:
             return {}
-        from hpsearch.metrics.hierarchical import (
-            f1_by_count_bucket,
-            per_label_f1_vs_train_size,
-            train_counts_from_labels,
-        )
-
         out, lab = self.outputs(split)
         dev = next(self.model.parameters()).device
         pred = self.head.predict_levels(out.to(dev)).cpu()
@@ -240,4 +215,21 @@ def _mean_across_ranks(stats: dict[str, float], device: torch.device) -> dict[st
     return out
 
 
-EXPERIMENTS.add("classifier", ClassifierExperiment)
+
+def metric_names(cfg: TrialConfig) -> set[str]:
+    """The bare metric names a classifier of ``cfg`` evaluates, from an untrained model on a
+    few validation images (an unknown search metric fails here, not in every trial)."""
+    data = load_dataset(cfg.data)
+    in_ch = 1 if cfg.model.grayscale else data.channels
+    model = build_model(cfg.model, data.hierarchy, in_ch).eval()
+    n = min(4, len(data.val))
+    pre = Preprocess(mean=data.mean, std=data.std, size=cfg.data.image_size,
+                     grayscale=cfg.model.grayscale)
+    sim = leaf_similarity(data.hierarchy)  # as trials evaluate: with the retrieval metrics
+    with torch.no_grad():
+        out = model(pre(torch.from_numpy(np.array(data.val.images[:n]))))
+    names = set(evaluate(model.head, out, torch.from_numpy(np.array(data.val.level_labels[:n])),
+                         calibrate=True, retrieval_sim=sim))
+    if "hp_at_1" in names:  # the larger cut-offs exist once the split has more than k images
+        names |= {"hp_at_10", "hp_at_50", "hp_at_100"}
+    return names

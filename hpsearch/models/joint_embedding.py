@@ -1,7 +1,7 @@
 """Joint image + label embedding families (thesis §5.6, §6.2): labels and images in one space.
 
 A label u is a row of a lookup table f_l(u) (the geometry and parametrisation of the label-only
-families, :class:`~hpsearch.models.embedding_families.LabelEmbedding`); an image i is mapped
+families, :class:`~hpsearch.models.label_embedding.LabelEmbedding`); an image i is mapped
 from the features φ(i) of a frozen CNN by a learned affine map (thesis eq. 5.2)
 
     z(i) = W · s(φ(i)) + b,      s(φ) = (φ − μ) / σ  (train-feature standardisation, or s = id)
@@ -18,7 +18,7 @@ Standardisation is a reparametrisation (W' = W/σ, b' = b − W μ/σ), not extr
 one ``image_lr`` fit backbones with very different feature scales. The thesis found a deeper
 MLP instead of W worse (§6.2.3), so W stays linear.
 
-Trained by :class:`hpsearch.embeddings.joint.JointEmbeddingExperiment` (task
+Trained by :class:`hpsearch.tasks.joint_embedding.JointEmbeddingExperiment` (task
 ``joint_embedding``). Learning-rate defaults are the thesis' (§6.2.1: EC labels 1e-2, images
 1e-3, α = 1; HC labels 1e-4, images 1e-3, Adam with the exp map); ``optim.lr`` is not used.
 """
@@ -26,7 +26,6 @@ Trained by :class:`hpsearch.embeddings.joint.JointEmbeddingExperiment` (task
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -38,7 +37,7 @@ from hpsearch.errors import ConfigError
 from hpsearch.geometry import offset_expmap0, project_norms, safe_norm
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.models.base import FamilyParams, register_family
-from hpsearch.models.embedding_families import (
+from hpsearch.models.label_embedding import (
     EuclideanConeParams,
     HyperbolicConeParams,
     LabelEmbedding,
@@ -226,39 +225,14 @@ def build_joint_embedding(family: str, params: JointEmbeddingParams, num_labels:
     return JointEmbedding(GEOMETRY[family], params, num_labels, feature_dim)
 
 
-def feature_source(model: ModelConfig, params: JointEmbeddingParams):
-    """The :class:`~hpsearch.embeddings.features.FeatureSource` named by a joint config."""
-    from hpsearch.embeddings.features import FeatureSource
-
-    return FeatureSource.from_model_config(model, kind=params.features,
-                                           checkpoint=params.feature_checkpoint,
-                                           seed=params.feature_seed)
-
-
-def source_feature_dim(model: ModelConfig, params: JointEmbeddingParams, in_ch: int = 3) -> int:
-    """F of a feature source without extracting anything (builds the network only)."""
-    from hpsearch.config import validate_trial
-    from hpsearch.embeddings.features import checkpoint_file
-    from hpsearch.models.backbones import build_backbone
-
-    if params.features == "checkpoint":
-        f = checkpoint_file(params.feature_checkpoint)
-        cfg = validate_trial(torch.load(Path(f), map_location="cpu",
-                                        weights_only=False)["config"])
-        mc = cfg.model
-        in_ch = 1 if mc.grayscale else in_ch
-    else:
-        mc = ModelConfig(backbone=model.backbone, width=model.width, grayscale=model.grayscale)
-        in_ch = 1 if model.grayscale else in_ch
-    return int(build_backbone(mc.model_copy(update={"pretrained_weights": None,
-                                                    "freeze_backbone": False}), in_ch).out_dim)
-
-
 def _builder(family: str):
     def build(cfg: ModelConfig, params: JointEmbeddingParams, h: Hierarchy, in_ch: int = 3,
               *, feature_dim: int | None = None) -> JointEmbedding:
-        fd = feature_dim if feature_dim is not None else source_feature_dim(cfg, params, in_ch)
-        return build_joint_embedding(family, params, h.num_nodes, fd)
+        if feature_dim is None:  # F depends on the feature source, which the task resolves
+            raise ConfigError(f"family {family!r} needs feature_dim (the size of its frozen "
+                              "image features); build it with "
+                              "hpsearch.tasks.joint_embedding.joint_model(cfg, hierarchy)")
+        return build_joint_embedding(family, params, h.num_nodes, feature_dim)
 
     build.__name__ = f"build_{family}"
     return build
@@ -273,6 +247,3 @@ register_family("joint_euclidean_cone", task=TASK, params=JointEuclideanConePara
 register_family("joint_hyperbolic_cone", task=TASK, params=JointHyperbolicConeParams,
                 description="hyperbolic cones of labels + images via exp0(W·CNN(i)) (§5.6)"
                 )(_builder("joint_hyperbolic_cone"))
-
-# the experiment registers itself under TASK on import (see embedding_families)
-import hpsearch.embeddings.joint  # noqa: E402, F401

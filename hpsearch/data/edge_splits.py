@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
+from hpsearch.data.negatives import NegativeSampler
 from hpsearch.errors import ConfigError, DataError
+from hpsearch.hierarchy import transitive_reduction
 
 Strategy = Literal["uniform", "per_level"]
 
@@ -68,27 +69,9 @@ class EdgeSplits:
 
 
 # ---------------------------------------------------------------------- graph helpers
-def _csr(edges: np.ndarray, n: int) -> sp.csr_matrix:
-    e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-    m = sp.csr_matrix((np.ones(len(e), dtype=np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
-    m.sum_duplicates()
-    m.data[:] = 1
-    return m
-
-
 def _sorted_pairs(e: np.ndarray) -> np.ndarray:
     e = np.asarray(e, dtype=np.int64).reshape(-1, 2)
     return e[np.lexsort((e[:, 1], e[:, 0]))]
-
-
-def transitive_reduction(closure: np.ndarray, num_nodes: int) -> np.ndarray:
-    """Basic edges: closure pairs (a, d) with no c such that a→c and c→d are in the closure."""
-    r = _csr(closure, num_nodes)
-    implied = r @ r
-    implied.data[:] = 1
-    m = (r - r.multiply(implied)).tocoo()
-    keep = m.data != 0
-    return _sorted_pairs(np.stack([m.row[keep], m.col[keep]], axis=1))
 
 
 def node_levels(closure: np.ndarray, num_nodes: int) -> np.ndarray:
@@ -186,8 +169,6 @@ def make_edge_splits(
 
 
 def _fixed_negatives(n, closure, level, val, test, k, strategy, seed):
-    from hpsearch.embeddings.negatives import NegativeSampler
-
     sampler = NegativeSampler(n, closure, node_level=level, strategy=strategy,
                               negatives_per_side=k, max_rounds=200)
     out = []

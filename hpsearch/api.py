@@ -1,0 +1,125 @@
+"""The Python API a notebook (and the CLI) uses: train one config, open a tracking store,
+restore a run's experiment, export it, draw its hedging curve.
+
+Searches themselves are :func:`hpsearch.search.tuner.run_search` (imported where used: it
+brings Ray); everything here runs with torch and the MLflow client.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hpsearch.bundle import CUMULATIVE_FAMILIES, load_bundle, write_bundle
+from hpsearch.data import load_dataset
+from hpsearch.errors import HpsearchError
+from hpsearch.models.hedging import accuracy_specificity_curve
+from hpsearch.report import hedge_curve_csv, plot_hedge_curve
+from hpsearch.tasks import (
+    DirectoryReporter,
+    Experiment,
+    TrialConfig,
+    experiment_from_checkpoint,
+    run_trial,
+)
+from hpsearch.tasks.checkpoint import BestSoFar
+from hpsearch.tasks.classifier import ClassifierExperiment
+from hpsearch.tracking import Tracker, default_tracking_uri
+
+
+def open_tracker(tracking_uri: str | None, results_dir: str | Path,
+                 experiment: str | None) -> Tracker:
+    """The tracker of an existing store (the SQLite store under ``results_dir`` by default),
+    checked to answer; an :class:`HpsearchError` naming the URI when there is none."""
+    uri = tracking_uri or default_tracking_uri(results_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise HpsearchError(f"no tracking store at {uri}; run 'hpsearch search' first or pass "
+                            "--tracking-uri")
+    t = Tracker(uri, experiment or "default")
+    t.check()
+    return t
+
+
+def train(cfg: TrialConfig, out: str | Path, *, resume: bool = False,
+          echo: Any = None) -> BestSoFar:
+    """One trial in this process, no Ray, no MLflow; the checkpoint directory is ``out``."""
+    rep = DirectoryReporter(Path(out), echo=echo)
+    return run_trial(cfg, rep, resume_from=Path(out) if resume else None)
+
+
+def run_experiment(t: Tracker, run_id: str, tmp: str | Path) -> tuple[Any, Experiment]:
+    """(run, experiment restored at the run's best epoch): from the checkpoint directory Ray
+    left on disk, else from the ``checkpoint/best.pt`` artifact uploaded at the trial's end."""
+    run = t.get_run(run_id)
+    if run.data.tags.get("hpsearch.role") != "trial":
+        raise HpsearchError(f"run {run_id} is not a trial run of an hpsearch search")
+    return run, experiment_from_checkpoint(t.checkpoint_dir(run_id, tmp))
+
+
+def export_run(t: Tracker, run_id: str, out: Path) -> Path:
+    """Export an MLflow trial run's best checkpoint as a bundle."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run, exp = run_experiment(t, run_id, tmp)
+        m = t.best_epoch_metrics(run)  # the exported weights' epoch, not the last one
+        return write_bundle(exp, out, extra={"run_id": run_id, "metrics": {
+            k: v for k, v in m.items() if k.startswith(("val_", "test_", "best_"))}})
+
+
+def export_best(t: Tracker, search_id: str, metric: str, mode: str, dest: str | Path, *,
+                tie_break: str | None = None, tie_break_mode: str = "max") -> tuple[str, Path]:
+    """Export the best trial run of search ``search_id``; returns (run id, bundle)."""
+    runs = t.best_runs(metric, mode, 1, search_id=search_id, tie_break=tie_break,
+                       tie_break_mode=tie_break_mode)
+    if not runs:
+        raise HpsearchError("no finished trial to export")
+    rid = runs[0].info.run_id
+    return rid, export_run(t, rid, Path(dest))
+
+
+def hedge_curve(t: Tracker, run_id: str, split: str, points: int) -> list[dict[str, float]]:
+    """Accuracy vs. specificity of hedged predictions over τ on ``split`` of a classifier run,
+    logged as the run's ``hedging/curve_<split>.{json,csv,png}`` artifacts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _, exp = run_experiment(t, run_id, tmp)
+        if not isinstance(exp, ClassifierExperiment):
+            raise HpsearchError(f"run {run_id} is not an image classifier")
+        out, lab = exp.outputs(split)
+        exp.evaluate("val")  # calibrate decision thresholds as during training
+        dev = next(exp.model.parameters()).device
+        probs = [p.cpu() for p in exp.head.level_probs(out.to(dev))]
+        taus = np.round(np.linspace(0.0, 1.0, points), 4).tolist()
+        curve = accuracy_specificity_curve(
+            probs, lab, taus, hierarchy=exp.hierarchy,
+            cumulative=exp.cfg.model.family in CUMULATIVE_FAMILIES)
+        d = Path(tmp) / "hedging"
+        d.mkdir()
+        (d / f"curve_{split}.json").write_text(json.dumps(curve, indent=1))
+        (d / f"curve_{split}.csv").write_text(hedge_curve_csv(curve))
+        plot_hedge_curve(curve, d / f"curve_{split}.png", f"{exp.cfg.model.family}, {split} split")
+        t.log_artifacts(run_id, d, "hedging")
+    return curve
+
+
+def demo_images(bundle: Path, n: int = 4) -> tuple[list[str], list[list[str]]]:
+    """``n`` held-out test images of the bundle's dataset written as PNG files beside it, and
+    their true label paths (what ``hpsearch demo`` predicts)."""
+    from torchvision.io import write_png  # torchvision's image codecs: only the demo writes
+
+    cfg = load_bundle(bundle).config
+    data = load_dataset(cfg.data)
+    h, test = data.hierarchy, data.test
+    out = bundle.parent / f"{bundle.name}-demo-images"
+    out.mkdir(exist_ok=True)
+    paths, truth = [], []
+    for i in np.random.default_rng(0).choice(len(test), size=n, replace=False):
+        p = out / f"test_{i}.png"
+        write_png(torch.from_numpy(test.images[i].copy()).permute(2, 0, 1), str(p))
+        paths.append(str(p))
+        truth.append([h.names[h.global_index(lvl, int(x))]
+                      for lvl, x in enumerate(test.level_labels[i])])
+    return paths, truth
