@@ -1,16 +1,18 @@
-"""Input-pipeline benchmarks (issue 3): the decoded uint8 cache against per-batch JPEG decoding.
+"""Benchmarks, run as ``hpsearch bench SUBCOMMAND`` (top floor: it uses the public API only).
+
+Input pipeline (issue 3): the decoded uint8 cache against per-batch JPEG decoding.
 
 ``hpsearch bench input-pipeline ...`` trains the same model (same seed, same
 images, same order, same augmentation) for the same number of batches twice in one process:
 
 (a) ``memmap``: the platform's pipeline. ``hpsearch.data.load_dataset`` decodes the dataset once
     into the uint8 memmap cache; batches are sliced from it by
-    :func:`hpsearch.tasks.classifier.loop.iterate_batches` and converted, normalised and augmented on the
-    device by :class:`hpsearch.tasks.classifier.loop.Preprocess`.
+    :func:`hpsearch.data.transforms.iterate_batches` and converted, normalised and augmented
+    on the device by :class:`hpsearch.data.transforms.Preprocess`.
 (b) ``jpeg``: the conventional pipeline. The same images as JPEG files on local disk, a torch
     ``DataLoader`` whose workers read and decode every file for every batch
     (``torchvision.io.decode_jpeg``), resize when needed, normalise and apply the same random
-    crop + flip (:func:`hpsearch.tasks.classifier.loop.random_crop_flip`, one sample at a time).
+    crop + flip (:func:`hpsearch.data.transforms.random_crop_flip`, one sample at a time).
 
 Each pipeline is timed twice: data only (batches ready on the device, no model) and a full
 training pass (forward, backward, SGD step). The cache build time (archive read + decode +

@@ -11,8 +11,8 @@ from hpsearch.config import ModelConfig
 from hpsearch.errors import ConfigError, HierarchyError
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.models import FAMILIES, build_model
-from hpsearch.tasks import TrialConfig
 from hpsearch.models.semantic import SemanticEmbeddingHead, SemanticParams
+from hpsearch.tasks import TrialConfig
 
 # fam0 -> {sp0, sp1};  fam1 -> {sp2, sp3, sp4}
 ROWS = [("f0", "s0"), ("f0", "s1"), ("f1", "s2"), ("f1", "s3"), ("f1", "s4")]

@@ -1,4 +1,7 @@
-"""Datasets: a registry of builders returning :class:`HierDataset` (train/val/test + hierarchy).
+"""Data: image datasets (a registry of builders returning :class:`HierDataset`: train/val/test
+plus the hierarchy), label sources for label-only embeddings (:mod:`~hpsearch.data.labels`),
+the decoded uint8 cache, transforms and batching (:mod:`~hpsearch.data.transforms`),
+imbalance samplers, negative samplers and edge splits of label graphs.
 
 Every module in this package is imported here, so a loader registers itself by existing.
 """

@@ -1,7 +1,9 @@
 """Model families and backbones (registries).
 
 Every module in this package is imported here, so a new family registers itself by existing:
-drop ``hpsearch/models/my_family.py`` with a ``@register_family`` builder in it.
+drop ``hpsearch/models/my_family.py`` with a ``@register_family`` builder in it. A family names
+the task that trains it (``task="classifier"`` by default; see :mod:`hpsearch.tasks`) and its
+params model, which the trial config validates ``model.params`` into once.
 """
 
 import importlib

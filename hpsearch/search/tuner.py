@@ -135,44 +135,16 @@ def _max_concurrent(space: SearchSpace, opts: SearchOptions, per_trial: dict[str
 def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     """Launch (or resume) the search described by ``space``; returns its outcome."""
     t0 = time.time()
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    # a loaded node can take over Train's default 60 s to start a worker group
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    results = Path(opts.results_dir).resolve()
-    storage = results / "ray"
+    _train_env_defaults()
+    storage = Path(opts.results_dir).resolve() / "ray"
     resume_path = None
     if opts.resume:  # the stored search decides its options; a conflicting flag is an error
         resume_path, meta = _resumable(storage, space.name)
         opts = _resume_options(space, opts, meta, resume_path.name)
     tracker, base_cfg, overrides = preflight(space, opts)
     storage.mkdir(parents=True, exist_ok=True)
-
-    import optuna
-    import ray
-    from ray import tune
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not ray.is_initialized():
-        # Train's controller and workers read these; a remote cluster gets them this way
-        env = {k: v for k, v in os.environ.items()
-               if k.startswith(("RAY_TRAIN_", "HPSEARCH_"))}
-        runtime_env = {"env_vars": env} if env else None
-        if opts.address:
-            ray.init(address=opts.address, log_to_driver=opts.verbose > 1,
-                     runtime_env=runtime_env)
-        else:
-            ray.init(log_to_driver=opts.verbose > 1, include_dashboard=None,
-                     runtime_env=runtime_env)
-    r = space.resources
-    trainer_path = r.trainer_path
-    per_trial = ({"cpu": r.driver_cpus} if trainer_path else
-                 {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
-    need = ({"cpu": r.driver_cpus + r.num_workers * r.cpus_per_worker,
-             "gpu": r.num_workers * r.gpus_per_worker} if trainer_path else per_trial)
-    max_conc = _max_concurrent(space, opts, need)
-    trainable = tune.with_resources(tune_trainable, {k: v for k, v in per_trial.items() if v})
+    _init_ray(opts)
+    trainable, max_conc = _trainable(space, opts)
 
     search_dir = resume_path or _new_search_dir(storage, space.name)
     search_id = search_dir.name
@@ -182,12 +154,10 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         _write_meta(search_dir, _search_meta(space, opts, tracker, num_samples, max_epochs))
     parent = tracker.search_run(search_id, search_id, tags={
         "family": space.family, "dataset": space.data_label, "metric": space.metric},
-        params={"space": space.name, "num_samples": num_samples, "max_epochs": max_epochs,
-                "scheduler": space.scheduler, "sampler": space.sampler.type,
-                "sampler.seed": space.sampler.seed if opts.seed is None else opts.seed,
-                "max_concurrent": max_conc, **{f"search.{k}": v.model_dump_json(exclude_none=True)
-                                               for k, v in space.search.items()}})
+        params=_search_params(space, opts, num_samples, max_epochs, max_conc))
     try:
+        from ray import tune
+
         callback = MLflowTrialCallback(tracker.uri, tracker.experiment_name, search_id, parent,
                                        family=space.family, dataset=space.data_label,
                                        max_epochs=max_epochs)
@@ -209,15 +179,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
             _write_meta(search_dir, {**_read_meta(search_dir), "finished": True})
         errors = grid.num_errors
         stopped = tracker.count_runs(search_id=search_id, role="trial", stopped_early="true")
-        best = None
-        try:
-            b = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
-            best = {"metric": space.metric,  # best epoch of the best trial, not its last one
-                    "value": b.metrics.get(f"best_{space.metric}", b.metrics.get(space.metric)),
-                    "config": {k: v for k, v in b.config.items() if not k.startswith("__")},
-                    "trial_id": b.metrics.get("trial_id")}
-        except Exception:  # noqa: BLE001 - no successful trial
-            best = None
+        best = _best_of(grid, space)
         tracker.log_metrics(parent, {"num_trials": len(grid), "num_errors": errors,
                                      "num_stopped_early": stopped,
                                      **({f"best_{space.metric}": best["value"]} if best and
@@ -235,6 +197,72 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
             tracker.set_tags(parent, {"error": f"{type(e).__name__}: {e}"[:4000]})
             tracker.end_run(parent, status)
         raise
+
+
+def _train_env_defaults() -> None:
+    """Ray Train / Tune settings a search needs unless the user set them."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # a loaded node can take over Train's default 60 s to start a worker group
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def _init_ray(opts: SearchOptions) -> None:
+    """Join the cluster at ``opts.address``, or start a local one (unless already up)."""
+    import optuna
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if ray.is_initialized():
+        return
+    # Train's controller and workers read these; a remote cluster gets them this way
+    env = {k: v for k, v in os.environ.items() if k.startswith(("RAY_TRAIN_", "HPSEARCH_"))}
+    runtime_env = {"env_vars": env} if env else None
+    if opts.address:
+        ray.init(address=opts.address, log_to_driver=opts.verbose > 1, runtime_env=runtime_env)
+    else:
+        ray.init(log_to_driver=opts.verbose > 1, include_dashboard=None,
+                 runtime_env=runtime_env)
+
+
+def _trainable(space: SearchSpace, opts: SearchOptions) -> tuple[Any, int]:
+    """The trainable with the resources one trial holds, and how many trials run at once."""
+    from ray import tune
+
+    r = space.resources
+    per_trial = ({"cpu": r.driver_cpus} if r.trainer_path else
+                 {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+    need = ({"cpu": r.driver_cpus + r.num_workers * r.cpus_per_worker,
+             "gpu": r.num_workers * r.gpus_per_worker} if r.trainer_path else per_trial)
+    trainable = tune.with_resources(tune_trainable, {k: v for k, v in per_trial.items() if v})
+    return trainable, _max_concurrent(space, opts, need)
+
+
+def _search_params(space: SearchSpace, opts: SearchOptions, num_samples: int, max_epochs: int,
+                   max_conc: int) -> dict[str, Any]:
+    """The parent run's params: the search's settings and every searched dimension."""
+    return {"space": space.name, "num_samples": num_samples, "max_epochs": max_epochs,
+            "scheduler": space.scheduler, "sampler": space.sampler.type,
+            "sampler.seed": space.sampler.seed if opts.seed is None else opts.seed,
+            "max_concurrent": max_conc,
+            **{f"search.{k}": v.model_dump_json(exclude_none=True)
+               for k, v in space.search.items()}}
+
+
+def _best_of(grid: Any, space: SearchSpace) -> dict[str, Any] | None:
+    """The best trial of a finished ``fit`` by its best epoch (None when no trial reported)."""
+    try:
+        b = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
+    except RuntimeError:  # Tune: no trial reported the metric
+        return None
+    m = b.metrics or {}  # a lone trial is returned even when it reported nothing
+    if f"best_{space.metric}" not in m and space.metric not in m:
+        return None
+    return {"metric": space.metric,  # best epoch of the best trial, not its last one
+            "value": m.get(f"best_{space.metric}", m.get(space.metric)),
+            "config": {k: v for k, v in (b.config or {}).items() if not k.startswith("__")},
+            "trial_id": m.get("trial_id")}
 
 
 def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback: Any,

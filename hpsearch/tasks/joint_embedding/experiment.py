@@ -39,9 +39,10 @@ deep inside the cone/orthant the image lies), never by label index. Metrics (bar
   ``recon_basic_f1`` (as the label-only experiment).
 
 Features come from a frozen network, extracted once per (source, dataset) and cached
-(:mod:`hpsearch.tasks.joint_embedding.features`). Staged init (thesis §6.2.6): ``init=from_run`` loads the
-label table from a label-only run's ``label_embeddings.pt`` (its folder, or its checkpoint
-directory), matched by label name.
+(:mod:`hpsearch.tasks.joint_embedding.features`). Staged init (thesis §6.2.6):
+``init=from_run`` loads the label table from a label-only run's ``label_embeddings.pt`` (its
+folder, or its checkpoint directory), matched by label name
+(:mod:`hpsearch.tasks.joint_embedding.init`).
 
 Distributed runs are not data-parallel (every rank runs the same seeded computation); use one
 worker.
@@ -50,6 +51,7 @@ worker.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,73 @@ TASK = "joint_embedding"
 IMAGE_MAP_FILE = "image_map.pt"
 
 
+def check_level_labels(data: HierDataset) -> None:
+    """Joint embeddings classify one label per level (eq. 5.1): the hierarchy must be leveled
+    and every split's level labels must fit its levels, else :class:`DataError`."""
+    h = data.hierarchy
+    if not h.is_leveled:
+        raise DataError(f"dataset {data.name!r}: joint embeddings classify one label "
+                        "per level (eq. 5.1) and need a tree whose leaves all lie on the "
+                        "last level")
+    for s in SPLITS:
+        y = data.split(s).level_labels
+        if y.ndim != 2 or y.shape[1] != h.num_levels or (len(y) and (
+                (y < 0).any() or (y >= np.asarray(h.level_sizes)).any())):
+            raise DataError(f"dataset {data.name!r} split {s}: level labels of shape "
+                            f"{y.shape} do not fit the hierarchy's levels "
+                            f"{list(h.level_sizes)}")
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingGraph:
+    """The graph a joint model is trained on (module docstring, "Graph"): labels ``0..N-1``,
+    training images ``N..N+M-1``; positives are the label closure plus one edge from each label
+    of an image's root path to the image; negatives come from :attr:`sampler`."""
+
+    closure: Tensor  # [E, 2] label (ancestor, descendant) pairs
+    basic: Tensor  # [B, 2] label (parent, child) edges
+    positives: Tensor  # [E + M·L, 2]
+    sampler: JointNegativeSampler
+
+    @classmethod
+    def build(cls, h: Hierarchy, train_local: Tensor, p: JointEmbeddingParams,
+              device: torch.device) -> TrainingGraph:
+        """From the hierarchy and the training images' local level labels ``[M, L]``."""
+        n = h.num_nodes
+        offsets = torch.as_tensor(h.offsets, dtype=torch.int64, device=device)
+        train_global = train_local + offsets  # [M, L] label ids of root paths
+        m, levels = train_global.shape
+        closure = torch.as_tensor(h.closure_edges, dtype=torch.int64,
+                                  device=device).reshape(-1, 2)
+        basic = torch.as_tensor(h.basic_edges, dtype=torch.int64, device=device).reshape(-1, 2)
+        images = n + torch.arange(m, device=device).repeat_interleave(levels)
+        image_edges = torch.stack([train_global.reshape(-1), images], dim=1)  # [M·L, 2]
+        sampler = JointNegativeSampler(
+            n, closure, torch.as_tensor(h.depth), train_global,
+            strategy=p.negative_strategy, negatives_per_side=p.negatives_per_side,
+            device=device)
+        return cls(closure, basic, torch.cat([closure, image_edges]), sampler)
+
+
+def classification_metrics(pred: Tensor, y: Tensor, hits: dict[int, Tensor], h: Hierarchy,
+                           lca: np.ndarray) -> dict[str, float]:
+    """Metrics of the eq. 5.1 prediction ``pred [M, L]`` against ``y [M, L]`` (local labels):
+    the classifiers' per-level and hierarchy-aware metrics under the same names, and hit@k
+    overall and per level."""
+    pm = levels_to_multihot(pred, h.offsets, h.num_nodes)
+    tm = levels_to_multihot(y, h.offsets, h.num_nodes)
+    out = level_metrics(pm, tm, h.offsets, h.level_sizes)
+    p_np, y_np = pred.cpu().numpy(), y.cpu().numpy()
+    out["accuracy"] = float((p_np[:, -1] == y_np[:, -1]).mean())
+    out.update(mistake_severity(p_np[:, -1], y_np[:, -1], lca))
+    out["path_consistency"] = path_consistency(p_np, h)
+    for k, hk in hits.items():
+        out[f"hit_at_{k}"] = float(hk.double().mean())
+        for lvl in range(hk.shape[1]):
+            out[f"hit_at_{k}_level_{lvl}"] = float(hk[:, lvl].double().mean())
+    return out
+
+
 class JointEmbeddingExperiment:
     """Trains one joint family on an image dataset with a label hierarchy.
 
@@ -102,7 +171,7 @@ class JointEmbeddingExperiment:
         self.hierarchy: Hierarchy | None = h
         self.nodes = tuple(h.names)
         n = h.num_nodes
-        self._check_labels()
+        check_level_labels(self.data)
 
         self.source = feature_source(cfg.model, p)
         feats = cached_features(self.source, cfg.data, self.data, device=self.device,
@@ -132,39 +201,14 @@ class JointEmbeddingExperiment:
         self.optimizers = (self.label_optimizer, self.image_optimizer)
         self.schedulers = tuple(build_scheduler(o, cfg.optim) for o in self.optimizers)
 
-        offsets = torch.as_tensor(h.offsets, dtype=torch.int64, device=self.device)
         self.offsets = tuple(h.offsets)
         self.level_sizes = tuple(h.level_sizes)
-        train_global = self.level_labels["train"] + offsets  # [M, L] label ids of root paths
-        m, levels = train_global.shape
-        self.closure = torch.as_tensor(h.closure_edges, dtype=torch.int64,
-                                       device=self.device).reshape(-1, 2)
-        self.basic = torch.as_tensor(h.basic_edges, dtype=torch.int64,
-                                     device=self.device).reshape(-1, 2)
-        images = n + torch.arange(m, device=self.device).repeat_interleave(levels)
-        image_edges = torch.stack([train_global.reshape(-1), images], dim=1)  # [M·L, 2]
-        self.train_pos = torch.cat([self.closure, image_edges])
-        self.sampler = JointNegativeSampler(
-            n, self.closure, torch.as_tensor(h.depth), train_global,
-            strategy=p.negative_strategy, negatives_per_side=p.negatives_per_side,
-            device=self.device)
+        graph = TrainingGraph.build(h, self.level_labels["train"], p, self.device)
+        self.closure, self.basic = graph.closure, graph.basic
+        self.train_pos, self.sampler = graph.positives, graph.sampler
         self.steps = 0
         self._reconstruction = ReconstructionCache(p.recon_max_nodes, CHUNK_ELEMS)
         self._lca: np.ndarray | None = None  # leaf LCA heights, for mistake severity
-
-    def _check_labels(self) -> None:
-        h = self.hierarchy
-        if not h.is_leveled:
-            raise DataError(f"dataset {self.data.name!r}: joint embeddings classify one label "
-                            "per level (eq. 5.1) and need a tree whose leaves all lie on the "
-                            "last level")
-        for s in SPLITS:
-            y = self.data.split(s).level_labels
-            if y.ndim != 2 or y.shape[1] != h.num_levels or (len(y) and (
-                    (y < 0).any() or (y >= np.asarray(h.level_sizes)).any())):
-                raise DataError(f"dataset {self.data.name!r} split {s}: level labels of shape "
-                                f"{y.shape} do not fit the hierarchy's levels "
-                                f"{list(h.level_sizes)}")
 
     def _init_table(self) -> Tensor:
         p = self.params
@@ -248,21 +292,9 @@ class JointEmbeddingExperiment:
         if len(y) == 0:
             raise DataError(f"split {split!r} of {self.data.name!r} has no images")
         pred, hits = self.predict(split)
-        h = self.hierarchy
-        pm = levels_to_multihot(pred, h.offsets, h.num_nodes)
-        tm = levels_to_multihot(y, h.offsets, h.num_nodes)
-        out = level_metrics(pm, tm, h.offsets, h.level_sizes)
-        # the classifiers' hierarchy-aware metrics of the eq. 5.1 prediction, same names
-        p_np, y_np = pred.cpu().numpy(), y.cpu().numpy()
         if self._lca is None:
-            self._lca = leaf_lca_heights(h)
-        out["accuracy"] = float((p_np[:, -1] == y_np[:, -1]).mean())
-        out.update(mistake_severity(p_np[:, -1], y_np[:, -1], self._lca))
-        out["path_consistency"] = path_consistency(p_np, h)
-        for k, hk in hits.items():
-            out[f"hit_at_{k}"] = float(hk.double().mean())
-            for lvl in range(hk.shape[1]):
-                out[f"hit_at_{k}_level_{lvl}"] = float(hk[:, lvl].double().mean())
+            self._lca = leaf_lca_heights(self.hierarchy)
+        out = classification_metrics(pred, y, hits, self.hierarchy, self._lca)
         out.update(self.reconstruction())
         return out
 

@@ -10,6 +10,7 @@ from hpsearch.tasks.base import (
     register_task,
     untrained_metric_names,
 )
+from hpsearch.tasks.config import TrialConfig
 from hpsearch.tasks.label_embedding.experiment import (
     EMBEDDINGS_FILE,
     META_FILE,
@@ -20,10 +21,24 @@ from hpsearch.tasks.label_embedding.experiment import (
     load_label_graph,
 )
 
+# the image pipeline's keys: a label hierarchy alone has no images
+IMAGE_DATA_KEYS = ("data.image_size", "data.val_fraction", "data.resample",
+                   "data.resample_level", "data.class_weights", "data.augment",
+                   "data.num_workers")
+
+
+def unused_keys(cfg: TrialConfig) -> tuple[str, ...]:
+    """The classifier's optimizer and backbone keys and the image pipeline's; ``data.name``
+    and ``data.root`` too when ``data.params.label_source`` names the labels' source."""
+    keys = CLASSIFIER_ONLY_KEYS + BACKBONE_KEYS + IMAGE_DATA_KEYS
+    if cfg.data.params.get("label_source") is not None:
+        keys += ("data.name", "data.root")
+    return keys
+
+
 SPEC = register_task(TaskSpec(
     name=TASK, experiment=LabelEmbeddingExperiment, params=LabelEmbeddingParams,
-    metric_names=untrained_metric_names,
-    unused_keys=lambda cfg: CLASSIFIER_ONLY_KEYS + BACKBONE_KEYS,
+    metric_names=untrained_metric_names, unused_keys=unused_keys,
     exports="embeddings", default_metric="val_edge_f1", report="edges", needs_dataset=False,
     description="label hierarchy alone: order embeddings, Euclidean/hyperbolic cones (§5.5)"))
 
