@@ -182,10 +182,6 @@ def cmd_class_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    return bench.main(args.bench_args)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """The README's main job: a real search on the embedded data, then best, export, predict."""
     args.space = str(DEMO_SPACE)
@@ -337,8 +333,7 @@ def _tools(sub) -> None:
     p.set_defaults(fn=cmd_class_embeddings)
     p = sub.add_parser("bench", add_help=False, help="benchmarks whose figures go to results/ "
                        "('hpsearch bench --help' lists them)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_bench)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)  # main() hands them to bench.main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser takes every later argument, --help included
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

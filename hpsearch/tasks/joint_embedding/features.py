@@ -19,7 +19,7 @@ Sources (``model.params.features``):
 * ``backbone``: a registered backbone (``model.backbone``: ``small_cnn``, torchvision names), with
   local ``model.pretrained_weights`` or seeded random weights;
 * ``checkpoint``: a trained image-classifier run's checkpoint directory
-  (:func:`hpsearch.tasks.runner.experiment_from_checkpoint`), whose model's
+  (:func:`hpsearch.tasks.checkpoint.experiment_from_checkpoint`), whose model's
   ``forward_features`` and evaluation preprocessing are used. An MLflow run id is resolved to
   such a directory by the CLI layer, not here.
 

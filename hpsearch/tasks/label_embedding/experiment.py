@@ -73,17 +73,15 @@ def load_label_graph(cfg: TrialConfig) -> LabelGraph:
     return load_label_hierarchy(source, **params)
 
 
-def build_splits(graph: Any, p: LabelEmbeddingParams) -> EdgeSplits:
+def build_splits(graph: LabelGraph, p: LabelEmbeddingParams) -> EdgeSplits:
     """Predefined splits of the graph when it has them (and ``use_predefined_splits``), else
     the thesis §5.5 protocol seeded by ``split_seed``."""
     n = len(graph.nodes)
     closure = np.asarray(graph.closure, dtype=np.int64).reshape(-1, 2)
-    h = getattr(graph, "hierarchy", None)
+    h = graph.hierarchy
     level = np.asarray(h.depth) if h is not None else node_levels(closure, n)
-    basic = getattr(graph, "basic_edges", None)
-    if basic is None and h is not None:
-        basic = h.basic_edges
-    if p.use_predefined_splits and getattr(graph, "train", None) is not None:
+    basic = graph.basic_edges
+    if p.use_predefined_splits and graph.has_splits:
         return predefined_edge_splits(
             n, closure, train=graph.train, valid=graph.valid, valid_neg=graph.valid_neg,
             test=graph.test, test_neg=graph.test_neg, basic=basic, node_level=level)
@@ -118,19 +116,18 @@ class LabelEmbeddingExperiment:
     Args:
         cfg: the trial config; ``cfg.model.family`` must be a ``label_embedding`` family.
         ctx: device / rank.
-        graph: a LabelGraph-like object (``nodes``, ``closure``, ``hierarchy``, optional
-            ``basic_edges`` and predefined ``train/valid/valid_neg/test/test_neg``); loaded
-            from ``cfg.data`` when omitted.
+        graph: the :class:`~hpsearch.data.labels.LabelGraph` (nodes, closure, hierarchy,
+            optional predefined splits); loaded from ``cfg.data`` when omitted.
     """
 
     def __init__(self, cfg: TrialConfig, ctx: RunContext | None = None,
-                 graph: Any | None = None) -> None:
+                 graph: LabelGraph | None = None) -> None:
         self.cfg = cfg
         self.ctx = ctx or RunContext()
         self.device = torch.device(self.ctx.device)
         self.params: LabelEmbeddingParams = require_family(cfg, TASK)
         self.graph = graph if graph is not None else load_label_graph(cfg)
-        self.hierarchy: Hierarchy | None = getattr(self.graph, "hierarchy", None)
+        self.hierarchy: Hierarchy | None = self.graph.hierarchy
         self.nodes = tuple(str(x) for x in self.graph.nodes)
         self.splits = build_splits(self.graph, self.params)
         n = self.splits.num_nodes
