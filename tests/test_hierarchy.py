@@ -88,3 +88,50 @@ def test_real_cifar100_hierarchy_file():
     h = Hierarchy.from_parent_child_file(
         SHARED / "data/hierarchies/barz_Cifar-Hierarchy_cifar.parent-child.txt")
     assert len(h.leaves) == 100 and len(h.roots) == 1
+
+
+def test_constructor_errors_name_the_bad_input(tmp_path):
+    with pytest.raises(HierarchyError, match="self-loop on node 'a'"):
+        Hierarchy.from_edges([("a", "a")])
+    with pytest.raises(HierarchyError, match="empty hierarchy"):
+        Hierarchy.from_edges([])
+    with pytest.raises(HierarchyError, match=r"1 level names given for 2 levels: \['x'\]"):
+        Hierarchy.from_edges([("a", "b")], level_names=("x",))
+    with pytest.raises(HierarchyError, match="no label tuples given"):
+        Hierarchy.from_level_labels([])
+    with pytest.raises(HierarchyError, match=r"label tuple \['a'\] has 1 levels, expected 2"):
+        Hierarchy.from_level_labels([("a", "b"), ("a",)])
+    with pytest.raises(HierarchyError, match="a label name is reused on two levels"):
+        Hierarchy.from_level_labels([("a", "b"), ("b", "c")])
+    with pytest.raises(DataError, match="does not exist"):
+        Hierarchy.from_parent_child_file(tmp_path / "missing.txt")
+
+
+def test_graph_functions_on_a_small_dag():
+    """The pure functions behind the cached properties, on r -> {a, b} -> c plus r -> c."""
+    from hpsearch.hierarchy import build, graph
+
+    names, parents = build.nodes_from_edges(
+        [("r", "a"), ("r", "b"), ("a", "c"), ("b", "c"), ("r", "c")], require_tree=False)
+    assert names == ("r", "a", "b", "c") and parents == ((), (0,), (0,), (1, 2, 0))
+    children = graph.children_lists(parents)
+    assert children == ((1, 2, 3), (3,), (3,), ())
+    assert graph.node_depths(parents).tolist() == [0, 1, 1, 2]
+    assert graph.node_heights(children).tolist() == [2, 1, 1, 0]
+    anc = graph.strict_ancestors(parents)
+    assert anc == (frozenset(), {0}, {0}, {0, 1, 2})
+    assert graph.first_parent_path(parents, 3) == (0, 1, 3)
+    depth = graph.node_depths(parents)
+    assert graph.lowest_common_ancestor(anc, depth, 3, 3) == 3
+    assert graph.lowest_common_ancestor(anc, depth, 1, 2) == 0
+    m = graph.lca_heights(anc, depth, graph.node_heights(children), [1, 2, 3])
+    assert m.tolist() == [[1, 2, 1], [2, 1, 1], [1, 1, 0]]  # diagonal: own height
+    closure = graph.transitive_closure(graph.parent_child_pairs(parents), 4)
+    basic = graph.transitive_reduction(closure, 4)
+    assert graph.edge_difference(closure, basic, 4).tolist() == [[0, 3]]
+
+
+def test_lca_of_two_roots_is_the_virtual_root(tiny_hierarchy):
+    h = tiny_hierarchy
+    a, b = h.index["a"], h.index["b"]
+    assert h.lca(a, b) == -1 and h.lca_height(a, b) == h.max_height + 1 == 3

@@ -95,7 +95,7 @@ class TrialConfig(BaseModel):
     def flatten(self) -> dict[str, Any]:
         """The fully resolved config as ``{dotted.key: value}`` (for MLflow params)."""
         out: dict[str, Any] = {}
-        flatten_into(self.model_dump(mode="json"), out)
+        flatten_into(self.model_dump(), out)
         return out
 
     def replace(self, **flat: Any) -> TrialConfig:
