@@ -23,7 +23,7 @@ from hpsearch.tasks.label_embedding.experiment import LabelEmbeddingExperiment
 
 DATA = {"level_sizes": [2, 4, 8], "max_per_leaf": 24, "min_per_leaf": 8,
         "amplitudes": [0.6, 0.4, 0.3], "grids": [2, 4, 8]}
-JOINT = ["joint_order_embedding", "joint_euclidean_cone", "joint_hyperbolic_cone"]
+JOINT = TASKS.get("joint_embedding").families()  # every registered joint family
 
 
 def config(family="joint_euclidean_cone", params=None, **flat) -> TrialConfig:
@@ -42,6 +42,7 @@ def data():
 def test_families_and_experiment_registered():
     assert sorted(n for n in FAMILIES.names() if FAMILIES.get(n).task == "joint_embedding") \
         == sorted(JOINT)
+    assert JOINT  # the parametrized tests below do not run over nothing
     assert TASKS.get("joint_embedding").experiment is JointEmbeddingExperiment
     spec = FAMILIES.get("joint_hyperbolic_cone")
     p = spec.parse_params({})
