@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
 from hpsearch.errors import ConfigError
 
@@ -92,6 +99,20 @@ class ResourceConfig(_Frozen):
     driver_cpus: float = Field(0.5, ge=0)  # the Tune trial that drives a TorchTrainer
     force_trainer: bool = False  # TorchTrainer even for one worker
     max_failures: int = Field(1, ge=0)  # Tune retries of a failed trial (from its checkpoint)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_use_gpu(cls, raw: Any) -> Any:
+        """Checkpoints, bundles and runs written before this schema carry ``use_gpu`` (now
+        derived from the GPU counts) beside a ``gpus_per_worker`` that defaulted to 1 and
+        counted only with ``use_gpu``: without it no GPU was used, with it at least one."""
+        if isinstance(raw, dict) and "use_gpu" in raw:
+            raw = dict(raw)
+            if not raw.pop("use_gpu"):
+                raw["gpus_per_trial"] = raw["gpus_per_worker"] = 0.0
+            elif not raw.get("gpus_per_trial") and not raw.get("gpus_per_worker"):
+                raw["gpus_per_worker"] = 1.0
+        return raw
 
     @property
     def use_gpu(self) -> bool:

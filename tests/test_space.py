@@ -5,7 +5,7 @@ import pytest
 
 from hpsearch.errors import ConfigError
 from hpsearch.search.space import load_space, suggest, validate_space
-from hpsearch.tasks.config import TrialConfig
+from hpsearch.tasks.config import TrialConfig, validate_trial
 
 BASE = {"name": "t", "family": "per_level", "dataset": "synthetic",
         "search": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}}
@@ -139,3 +139,19 @@ def test_spaces_that_would_not_mean_what_they_say_are_refused():
         "optim.optimizer": {"type": "categorical", "choices": ["sgd", "adam", "adamw"]},
         "optim.weight_decay": {"type": "loguniform", "low": 1e-5, "high": 1e-2,
                                "when": {"optim.optimizer": ["adam", "adamw"]}}}})
+
+
+def test_configs_written_before_the_task_layer_still_load():
+    """Checkpoints, bundles and MLflow runs of the earlier schema: sparse model.params and
+    resources.use_gpu (now derived from the GPU counts) validate into the same config."""
+    old = {"model": {"family": "euclidean_cone", "params": {"dim": 3}},
+           "resources": {"num_workers": 2, "use_gpu": True, "cpus_per_worker": 1.0,
+                         "gpus_per_worker": 1.0, "force_trainer": False}}
+    cfg = validate_trial(old)
+    assert cfg.model.params.dim == 3 and cfg.model.params.K == 3.0  # typed, defaults filled
+    assert cfg.resources.use_gpu and cfg.resources.gpus_per_worker == 1.0
+    # the old default gpus_per_worker=1.0 counted only with use_gpu: a CPU run stays one
+    cpu = validate_trial({"resources": {"use_gpu": False, "gpus_per_worker": 1.0}})
+    assert not cpu.resources.use_gpu and cpu.resources.gpus_per_worker == 0.0
+    gpu = validate_trial({"resources": {"use_gpu": True}})
+    assert gpu.resources.use_gpu and gpu.resources.trainer_path is False
