@@ -18,9 +18,11 @@ import torch
 from hpsearch.bundle import CUMULATIVE_FAMILIES, load_bundle, write_bundle
 from hpsearch.data import load_dataset
 from hpsearch.errors import HpsearchError
+from hpsearch.models import FAMILIES
 from hpsearch.models.hedging import accuracy_specificity_curve
 from hpsearch.report import hedge_curve_csv, plot_hedge_curve
 from hpsearch.tasks import (
+    TASKS,
     DirectoryReporter,
     Experiment,
     TrialConfig,
@@ -43,6 +45,16 @@ def open_tracker(tracking_uri: str | None, results_dir: str | Path,
     t = Tracker(uri, experiment or "default")
     t.check()
     return t
+
+
+def default_metric(t: Tracker) -> str:
+    """The selection metric of the experiment's task (``TaskSpec.default_metric``), read from
+    the family of one of its trial runs; ``val_micro_f1`` for an experiment without any."""
+    runs = t.runs(role="trial", max_results=1)
+    family = runs[0].data.tags.get("hpsearch.family") if runs else None
+    if family not in FAMILIES:
+        return TASKS.get("classifier").default_metric
+    return TASKS.get(FAMILIES.get(family).task).default_metric
 
 
 def train(cfg: TrialConfig, out: str | Path, *, resume: bool = False,

@@ -87,6 +87,7 @@ def _print_best(t: Tracker, metric: str, runs: list) -> None:
 
 def cmd_best(args: argparse.Namespace) -> int:
     t = api.open_tracker(args.tracking_uri, args.results_dir, args.experiment)
+    args.metric = args.metric or api.default_metric(t)
     runs = t.best_runs(args.metric, args.mode, args.top, tie_break=args.tie_break,
                        tie_break_mode=args.tie_break_mode)
     if not runs:
@@ -138,6 +139,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.run_id:
         runs = [t.get_run(args.run_id)]
     else:
+        args.metric = args.metric or api.default_metric(t)
         runs = t.best_runs(args.metric, args.mode, args.top, tie_break=args.tie_break,
                            tie_break_mode=args.tie_break_mode)
         if not runs:
@@ -240,7 +242,8 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
 
 def _add_ranking(p: argparse.ArgumentParser, top: int) -> None:
     p.add_argument("--experiment", default="demo")
-    p.add_argument("--metric", default="val_micro_f1")
+    p.add_argument("--metric", help="rank by this metric (default: the task's, e.g. "
+                   "val_micro_f1 for classifiers, val_edge_f1 for label embeddings)")
     p.add_argument("--mode", choices=["max", "min"], default="max")
     p.add_argument("--tie-break", metavar="METRIC", help="order runs with an equal --metric "
                    "by this one (e.g. val_edge_gap; the search space's tie_break)")

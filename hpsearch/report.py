@@ -10,7 +10,7 @@ from typing import Any
 
 from hpsearch.data.labels import dataset_hierarchy
 from hpsearch.errors import HpsearchError
-from hpsearch.tasks import TASKS, task_of, validate_trial
+from hpsearch.tasks import task_of, validate_trial
 from hpsearch.tracking import CONFIG_ARTIFACT, Tracker, summarize_params
 
 LEVEL_COLUMNS = ("micro_precision", "micro_recall", "micro_f1", "macro_precision",
@@ -120,11 +120,6 @@ def run_report(tracker: Tracker, run: Any, split: str, extra: Sequence[str]) -> 
     if shown:
         out.append("\n" + "  ".join(f"{split}_{k} = {v:.4f}" for k, v in shown.items()))
     return "\n".join(out) + "\n"
-
-
-def default_metric(task: str) -> str:
-    """The selection metric a task's runs are ranked by when none is given."""
-    return TASKS.get(task).default_metric
 
 
 def hedge_curve_csv(curve: Sequence[dict[str, float]]) -> str:

@@ -155,3 +155,14 @@ def test_configs_written_before_the_task_layer_still_load():
     assert not cpu.resources.use_gpu and cpu.resources.gpus_per_worker == 0.0
     gpu = validate_trial({"resources": {"use_gpu": True}})
     assert gpu.resources.use_gpu and gpu.resources.trainer_path is False
+
+
+def test_a_space_without_a_metric_selects_by_its_tasks_default():
+    base = {"name": "x", "fixed": {"data.params": {"label_source": "parent_child",
+                                                    "path": "unused"}}}
+    label = validate_space({**base, "family": "euclidean_cone"}, check_registries=True)
+    assert label.metric == "val_edge_f1" and label.resolve({}).metric == "val_edge_f1"
+    cls = validate_space({"name": "y", "family": "per_level"})
+    assert cls.metric == "val_micro_f1"
+    assert validate_space({"name": "z", "family": "per_level",
+                           "metric": "val_macro_f1"}).metric == "val_macro_f1"

@@ -93,3 +93,23 @@ def test_best_epoch_metrics_read_val_at_the_best_epoch(tmp_path):
     m = t.best_epoch_metrics(run)
     assert m["val_micro_f1"] == 0.9 and m["train_loss"] == 0.5 and m["epoch"] == 2
     assert m["test_micro_f1"] == 0.8
+
+
+def test_best_and_report_take_the_tasks_metric_and_the_logged_config(tmp_path):
+    """Without --metric, best/report rank by the experiment's task's default metric; the
+    trial config a run logs (config.json) reads back into the same TrialConfig."""
+    from hpsearch import api
+    from hpsearch.tasks import TrialConfig, validate_trial
+    from hpsearch.tracking import CONFIG_ARTIFACT
+
+    results = tmp_path / "results"
+    results.mkdir()
+    t = search_tracker(default_tracking_uri(results), "labels", results)
+    parent = t.search_run("s-1", "s-1", tags={}, params={"space": "x"})
+    assert api.default_metric(t) == "val_micro_f1"  # no trial runs yet: the classifier's
+    rid, _ = t.trial_run(parent, "s-1", "t-1", name="t-1", tags={"family": "euclidean_cone"})
+    assert api.default_metric(t) == "val_edge_f1"
+    cfg = TrialConfig.from_flat({"model.family": "euclidean_cone", "model.params.K": 2.5})
+    assert t.load_dict(rid, CONFIG_ARTIFACT) is None
+    t.log_dict(rid, cfg.model_dump(mode="json"), CONFIG_ARTIFACT)
+    assert validate_trial(t.load_dict(rid, CONFIG_ARTIFACT)) == cfg

@@ -35,7 +35,7 @@ from hpsearch.data import DATASETS
 from hpsearch.errors import ConfigError
 from hpsearch.models import FAMILIES
 from hpsearch.search.codec import decode_choice, encode_choice, resolve
-from hpsearch.tasks import TrialConfig
+from hpsearch.tasks import TASKS, TrialConfig
 
 
 class _Strict(BaseModel):
@@ -124,7 +124,7 @@ class SearchSpace(_Strict):
     dataset: str | None = None
     fixed: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Dimension] = Field(default_factory=dict)
-    metric: str = "val_micro_f1"
+    metric: str | None = None  # default: the family's task's (TaskSpec.default_metric)
     mode: Literal["max", "min"] = "max"
     tie_break: str | None = None  # second criterion when `metric` ties (best epoch and best run)
     tie_break_mode: Literal["max", "min"] = "max"
@@ -186,6 +186,9 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
         space = SearchSpace.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{where}: {one_line(e)}") from None
+    if space.metric is None and space.family in FAMILIES:
+        task = TASKS.get(FAMILIES.get(space.family).task)
+        space = space.model_copy(update={"metric": task.default_metric})
     if check_registries:
         if space.family not in FAMILIES:
             raise ConfigError(f"{where}: family: unknown model family {space.family!r}; "
