@@ -27,7 +27,7 @@ from hpsearch.errors import HpsearchError  # noqa: E402
 from hpsearch.models import BACKBONES, FAMILIES  # noqa: E402
 from hpsearch.report import best_table, hedge_curve_csv, run_report  # noqa: E402
 from hpsearch.search.space import load_space  # noqa: E402
-from hpsearch.tasks import TrialConfig  # noqa: E402
+from hpsearch.tasks import TASKS, TrialConfig  # noqa: E402
 from hpsearch.tracking import Tracker  # noqa: E402
 
 DEMO_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
@@ -173,6 +173,10 @@ def cmd_families(args: argparse.Namespace) -> int:
     for name in FAMILIES.names():
         spec = FAMILIES.get(name)
         print(f"{name:<22}{spec.task:<18}{spec.description}")
+    print()
+    for name in TASKS.names():
+        task = TASKS.get(name)
+        print(f"task {name:<17}exports {task.exports:<11}{task.description}")
     print(f"\nbackbones: {', '.join(BACKBONES.names())}")
     print(f"datasets:  {', '.join(DATASETS.names())}")
     return 0

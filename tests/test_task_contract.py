@@ -195,6 +195,8 @@ def test_spec_is_consistent_and_the_config_trains_the_task(name, tmp_path):
     assert spec.default_metric.startswith("val_")
     assert spec.families(), f"task {name!r} has no model family"
     assert all(FAMILIES.get(f).task == name for f in spec.families())
+    # every family's params extend the task's schema (what its experiment reads)
+    assert all(issubclass(FAMILIES.get(f).params, spec.params) for f in spec.families())
     cfg = contract_config(name, tmp_path)
     assert cfg.model.family in spec.families()
     assert task_of(cfg) is spec

@@ -122,8 +122,6 @@ class TaskSpec:
         report: the tables ``hpsearch report`` prints for a run: ``levels`` (per-level
             micro/macro P/R/F1, thesis Tables 4.x) or ``edges`` (held-out edges and graph
             reconstruction, thesis Tables 6.1/6.2).
-        needs_dataset: whether ``data.name`` names the images the task trains on (label-only
-            embeddings read a label source instead).
         description: one line for ``hpsearch families``.
     """
 
@@ -135,7 +133,6 @@ class TaskSpec:
     exports: Literal["predictor", "embeddings"] = "embeddings"
     default_metric: str = "val_micro_f1"
     report: Literal["levels", "edges"] = "levels"
-    needs_dataset: bool = True
     description: str = ""
 
     def families(self) -> list[str]:

@@ -39,7 +39,7 @@ def unused_keys(cfg: TrialConfig) -> tuple[str, ...]:
 SPEC = register_task(TaskSpec(
     name=TASK, experiment=LabelEmbeddingExperiment, params=LabelEmbeddingParams,
     metric_names=untrained_metric_names, unused_keys=unused_keys,
-    exports="embeddings", default_metric="val_edge_f1", report="edges", needs_dataset=False,
+    exports="embeddings", default_metric="val_edge_f1", report="edges",
     description="label hierarchy alone: order embeddings, Euclidean/hyperbolic cones (§5.5)"))
 
 __all__ = ["EMBEDDINGS_FILE", "META_FILE", "NODES_FILE", "SPEC", "LabelEmbeddingExperiment",
