@@ -10,8 +10,10 @@ Tags written: ``hpsearch.search_id``, ``hpsearch.trial_id``, ``hpsearch.family``
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -164,9 +166,6 @@ class Tracker:
 
     def load_dict(self, run_id: str, name: str) -> dict[str, Any] | None:
         """The JSON artifact ``name`` of the run, or None when the run has none."""
-        import json
-        import tempfile
-
         if not any(f.path == name for f in self.client.list_artifacts(run_id)):
             return None
         with tempfile.TemporaryDirectory() as d:

@@ -158,9 +158,12 @@ class SearchSpace(_Strict):
     @property
     def data_label(self) -> str:
         """What the space trains on, for tags and tables: the dataset, or the label source."""
-        src = self.fixed.get("data.params", {}).get("label_source") if isinstance(
-            self.fixed.get("data.params"), dict) else self.fixed.get("data.params.label_source")
-        return self.dataset or (f"labels:{src}" if src else "synthetic")
+        if self.dataset:
+            return self.dataset
+        params = self.fixed.get("data.params")
+        src = (params.get("label_source") if isinstance(params, dict) else
+               self.fixed.get("data.params.label_source"))
+        return f"labels:{src}" if src else "synthetic"
 
 
 def load_space(path: str | Path, *, check_registries: bool = True) -> SearchSpace:

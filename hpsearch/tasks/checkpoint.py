@@ -75,8 +75,20 @@ def save_checkpoint(path: Path, exp: Experiment, epoch: int, best: BestSoFar,
                     "config": exp.cfg.model_dump()}, path / BEST_FILE)
 
 
+def _load(file: Path) -> dict[str, Any]:
+    """The one reader of checkpoint files (``checkpoint.pt`` and ``best.pt``)."""
+    return torch.load(file, map_location="cpu", weights_only=False)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    """The saved dict of ``path/checkpoint.pt`` (what resuming the training needs)."""
+    return _load(Path(path) / CHECKPOINT_FILE)
+
+
+def load_best_state(path: Path) -> dict[str, Any] | None:
+    """The best epoch's experiment state from ``path/best.pt``, None when there is none."""
+    f = Path(path) / BEST_FILE
+    return _load(f)["experiment"] if f.exists() else None
 
 
 def checkpoint_file(path: str | Path, *, best: bool = True, what: str = "checkpoint") -> Path:
@@ -90,9 +102,11 @@ def checkpoint_file(path: str | Path, *, best: bool = True, what: str = "checkpo
                       "it at the checkpoint directory of a trained run (hpsearch train --out DIR)")
 
 
-def read_state(path: str | Path, *, best: bool = True) -> dict[str, Any]:
-    """The saved dict of a checkpoint directory (``config``, ``experiment``, ``epoch``, ...)."""
-    return torch.load(checkpoint_file(path, best=best), map_location="cpu", weights_only=False)
+def read_state(path: str | Path, *, best: bool = True, what: str = "checkpoint"
+               ) -> dict[str, Any]:
+    """The saved dict of a checkpoint directory (``config``, ``experiment``, ``epoch``, ...);
+    ``what`` names the setting that pointed there in the error when there is none."""
+    return _load(checkpoint_file(path, best=best, what=what))
 
 
 def experiment_from_checkpoint(path: Path, *, best: bool = True,

@@ -22,11 +22,11 @@ import torch
 from hpsearch.errors import ConfigError
 from hpsearch.tasks.base import Experiment, RunContext, build_experiment, task_of
 from hpsearch.tasks.checkpoint import (
-    BEST_FILE,
     CHECKPOINT_FILE,
     REPORTS_DIR,
     BestSoFar,
     inference_state,
+    load_best_state,
     load_checkpoint,
     save_checkpoint,
 )
@@ -128,9 +128,7 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
         rdir = Path(resume_from) / REPORTS_DIR
         if rdir.is_dir():
             reports = {f.name: f.read_text() for f in rdir.iterdir() if f.is_file()}
-        if (Path(resume_from) / BEST_FILE).exists():
-            best_state = torch.load(Path(resume_from) / BEST_FILE, map_location="cpu",
-                                    weights_only=False)["experiment"]
+        best_state = load_best_state(resume_from)
     metric = cfg.metric.removeprefix("val_")
     tie = cfg.tie_break.removeprefix("val_") if cfg.tie_break else None
     for epoch in range(start, cfg.optim.epochs):

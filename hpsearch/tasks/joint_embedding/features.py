@@ -208,7 +208,7 @@ def classifier_from_checkpoint(path: str | os.PathLike, ctx: RunContext | None =
                                ) -> ClassifierExperiment:
     """The image classifier saved in checkpoint directory ``path`` (its best epoch), or a
     :class:`ConfigError` when that run is of another task (no image backbone)."""
-    state = read_state(checkpoint_file(path).parent)
+    state = read_state(path, what="feature_checkpoint")
     cfg = validate_trial(state["config"])
     if task_of(cfg).name != CLASSIFIER.name:
         raise ConfigError(f"feature_checkpoint={str(path)!r} holds a {cfg.model.family!r} run, "
@@ -249,8 +249,8 @@ def feature_source(model: ModelConfig, params: JointEmbeddingParams) -> FeatureS
 def source_feature_dim(model: ModelConfig, params: JointEmbeddingParams, in_ch: int = 3) -> int:
     """F of a feature source without extracting anything (builds the network only)."""
     if params.features == "checkpoint":
-        cfg = validate_trial(read_state(checkpoint_file(params.feature_checkpoint).parent)
-                             ["config"])
+        cfg = validate_trial(read_state(str(params.feature_checkpoint),
+                                        what="feature_checkpoint")["config"])
         mc = cfg.model
         in_ch = 1 if mc.grayscale else in_ch
     else:
