@@ -19,7 +19,6 @@ from pydantic_core import PydanticCustomError
 from hpsearch.config import (
     CONFIG_ERROR,
     DataConfig,
-    FamilyParams,
     ModelConfig,
     OptimConfig,
     ResourceConfig,
@@ -74,11 +73,6 @@ class TrialConfig(BaseModel):
         if v is not None and not v.startswith(("val_", "train_")):
             raise ValueError(f"metric {v!r} must be a validation metric such as 'val_micro_f1'")
         return v
-
-    @property
-    def params(self) -> FamilyParams:
-        """The family's typed params (``model.params``)."""
-        return self.model.params
 
     # ------------------------------------------------------------------ dotted keys
     @classmethod
