@@ -16,7 +16,7 @@ PKG = ROOT / "hpsearch"
 # floors from the bottom up (README "Architecture"); a module may import its own floor and the
 # ones below it, never one above
 FLOORS: list[tuple[str, ...]] = [
-    ("errors",),
+    ("errors", "provenance"),
     ("registry", "config", "hierarchy", "geometry"),
     ("data", "metrics", "class_embeddings"),
     ("models",),
