@@ -1,5 +1,5 @@
-"""The Python API a notebook (and the CLI) uses: train one config, open a tracking store,
-restore a run's experiment, export it, draw its hedging curve.
+"""The Python API a notebook (and the CLI) uses: train one config, rerun a tracked trial,
+open a tracking store, restore a run's experiment, export it, draw its hedging curve.
 
 Searches themselves are :func:`hpsearch.search.tuner.run_search` (imported where used: it
 brings Ray); everything here runs with torch and the MLflow client.
@@ -8,7 +8,10 @@ brings Ray); everything here runs with torch and the MLflow client.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +20,25 @@ import torch
 
 from hpsearch.bundle import CUMULATIVE_FAMILIES, load_bundle, write_bundle
 from hpsearch.data import load_dataset
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.models import FAMILIES
 from hpsearch.models.hedging import accuracy_specificity_curve
+from hpsearch.provenance import code_version
 from hpsearch.report import hedge_curve_csv, plot_hedge_curve
 from hpsearch.tasks import (
     TASKS,
     DirectoryReporter,
     Experiment,
+    RunContext,
     TrialConfig,
     experiment_from_checkpoint,
     run_trial,
 )
+from hpsearch.tasks.base import config_cpus, trial_numerics
 from hpsearch.tasks.checkpoint import BestSoFar
 from hpsearch.tasks.classifier import ClassifierExperiment
-from hpsearch.tracking import Tracker, default_tracking_uri
+from hpsearch.tasks.config import validate_trial
+from hpsearch.tracking import CONFIG_ARTIFACT, TAG, Tracker, default_tracking_uri
 
 
 def open_tracker(tracking_uri: str | None, results_dir: str | Path,
@@ -58,10 +65,120 @@ def default_metric(t: Tracker) -> str:
 
 
 def train(cfg: TrialConfig, out: str | Path, *, resume: bool = False,
-          echo: Any = None) -> BestSoFar:
-    """One trial in this process, no Ray, no MLflow; the checkpoint directory is ``out``."""
+          echo: Any = None, cpus: float | None = None) -> BestSoFar:
+    """One trial in this process, no Ray, no MLflow; the checkpoint directory is ``out``.
+
+    Torch's threads follow ``cfg.torch_threads``, else ``cpus``, else (``cfg.deterministic``)
+    the config's CPUs; otherwise they are left as they are. ``cfg.deterministic`` also turns
+    on deterministic kernels and seeds every generator
+    (:func:`hpsearch.tasks.base.trial_numerics`); all of it is undone on return.
+    """
     rep = DirectoryReporter(Path(out), echo=echo)
-    return run_trial(cfg, rep, resume_from=Path(out) if resume else None)
+    with trial_numerics(cfg, cpus):
+        return run_trial(cfg, rep, resume_from=Path(out) if resume else None)
+
+
+# metrics that measure the machine, not the model: never compared between runs
+TIMING_SUFFIXES = ("_time_s", "_per_s")
+
+
+class _EnoughEpochs(Exception):
+    """Raised by the rerun's reporter once it has as many epochs as the original run."""
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """A tracked trial retrained from its ``config.json``, beside the original.
+
+    ``original`` and ``rerun`` are the metrics at each one's best epoch (what the original's
+    checkpoint, export and ``test_*`` values are from, :meth:`Tracker.best_epoch_metrics`).
+    """
+
+    run_id: str
+    cfg: TrialConfig
+    epochs: int  # epochs retrained: as many as the original ran (an ASHA-stopped run's fewer)
+    threads: int  # torch intra-op threads the rerun trained with
+    out: Path  # the rerun's checkpoint directory
+    original: dict[str, float]
+    rerun: dict[str, float]
+    code_then: str | None  # the original's hpsearch.code_version tag, when it has one
+    code_now: str
+
+    def compared(self) -> list[tuple[str, float, float]]:
+        """(metric, original, rerun) for every finite metric both have, timings left out."""
+        keys = sorted(k for k in set(self.original) & set(self.rerun)
+                      if not k.endswith(TIMING_SUFFIXES)
+                      and math.isfinite(self.original[k]) and math.isfinite(self.rerun[k]))
+        return [(k, self.original[k], self.rerun[k]) for k in keys]
+
+    @property
+    def identical(self) -> bool:
+        """Every compared metric equal, bit for bit (and at least one compared)."""
+        rows = self.compared()
+        return bool(rows) and all(a == b for _, a, b in rows)
+
+
+def rerun(t: Tracker, run_id: str, out: str | Path, *,
+          echo: Callable[[str], None] | None = None) -> Rerun:
+    """Retrain run ``run_id``'s exact config (its ``config.json`` artifact) in this process,
+    without Ray, for as many epochs as the original ran; checkpoints go to ``out``.
+
+    Read-only on the tracking store: nothing is logged to the original run nor to a new
+    one (export the rerun from ``out`` with the Python API if it is wanted). Torch's threads
+    are pinned to the ones the trial had in its search (``torch_threads``, else the config's
+    CPUs), so a CPU trial is reproduced bit for bit on the same hardware and software;
+    with ``deterministic: true`` also on another machine load and thread setting.
+    """
+    run = t.get_run(run_id)
+    raw = t.load_dict(run_id, CONFIG_ARTIFACT)
+    if raw is None:
+        raise HpsearchError(
+            f"run {run_id} has no {CONFIG_ARTIFACT} artifact, so its exact config is unknown; "
+            "only the trial runs of an hpsearch search log one ('hpsearch best' lists them)")
+    try:
+        cfg = validate_trial(raw)
+    except ConfigError as e:
+        raise ConfigError(f"run {run_id}: its {CONFIG_ARTIFACT} no longer validates with "
+                          f"{code_version()}: {e}") from None
+    if cfg.resources.num_workers > 1:
+        raise HpsearchError(
+            f"run {run_id} trained with {cfg.resources.num_workers} DDP workers "
+            "(resources.num_workers); a rerun trains in one process and would not reproduce "
+            "it")
+    logged = run.data.metrics.get("epoch")
+    epochs = min(int(logged), cfg.optim.epochs) if logged else cfg.optim.epochs
+    use_gpu = cfg.resources.use_gpu and torch.cuda.is_available()
+    ctx = RunContext(device=torch.device("cuda", 0) if use_gpu else torch.device("cpu"))
+    rep = DirectoryReporter(Path(out), echo=echo)
+
+    def report(metrics: dict[str, float], ckpt: Path | None) -> None:
+        rep(metrics, ckpt)
+        if metrics["epoch"] >= epochs:
+            raise _EnoughEpochs
+
+    with trial_numerics(cfg, config_cpus(cfg)) as threads:
+        try:
+            run_trial(cfg, report, ctx=ctx)
+        except _EnoughEpochs:
+            pass
+    return Rerun(run_id=run_id, cfg=cfg, epochs=epochs, threads=threads, out=Path(out),
+                 original=t.best_epoch_metrics(run), rerun=_best_epoch(rep.history),
+                 code_then=run.data.tags.get(f"{TAG}code_version"), code_now=code_version())
+
+
+def _best_epoch(history: list[dict[str, float]]) -> dict[str, float]:
+    """A trial's metrics at its best epoch from its reports, as
+    :meth:`Tracker.best_epoch_metrics` reads them from MLflow: the last report (``test_*``
+    and ``best_*`` are the best epoch's already), ``val_*``/``train_*`` of the best epoch."""
+    if not history:
+        return {}
+    m = dict(history[-1])
+    step = m.get("best_epoch")
+    at = next((h for h in history if h.get("epoch") == step), None)
+    if at is not None:
+        m.update({k: v for k, v in at.items() if k.startswith(("val_", "train_"))})
+        m["epoch"] = float(step)  # type: ignore[arg-type]
+    return m
 
 
 def run_experiment(t: Tracker, run_id: str, tmp: str | Path) -> tuple[Any, Experiment]:

@@ -675,8 +675,15 @@ def label_throughput(*, family: str = "hyperbolic_cone", dim: int = 10,
         "loadavg_before": load_before, "loadavg_after": _loadavg()}
 
 
+class _Parser(argparse.ArgumentParser):
+    """One-line argparse errors, like the rest of the CLI (bench sits below cli: no import)."""
+
+    def error(self, message: str):  # noqa: ANN201 - argparse's signature
+        self.exit(2, f"hpsearch: error: {message} ('{self.prog} --help' lists the options)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="hpsearch bench",
+    ap = _Parser(prog="hpsearch bench",
                                  description="input-pipeline and label-embedding benchmarks")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("input-pipeline", help="memmap cache vs per-batch JPEG decoding")

@@ -13,6 +13,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import Any, NoReturn
 
 # library deprecation chatter (torch.jit in geoopt, optuna, ray) is not for CLI users; the
 # filters must be in place before the imports below load those libraries
@@ -162,6 +163,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Retrain a tracked trial from its config.json; its best-epoch metrics beside the
+    original's (read-only on the store)."""
+    t = api.open_tracker(args.tracking_uri, args.results_dir, None)
+    out = Path(args.out or Path(args.results_dir) / f"rerun-{args.run_id}")
+    r = api.rerun(t, args.run_id, out)
+    print(f"rerun of run {r.run_id}: {r.epochs} epochs (as the original), {r.threads} torch "
+          f"thread{'s' * (r.threads != 1)}, "
+          f"{'deterministic' if r.cfg.deterministic else 'not deterministic'}; "
+          f"checkpoint in {r.out}")
+    if r.code_then and r.code_then != r.code_now:
+        print(f"note: the original ran {r.code_then}, this is {r.code_now}")
+    print(rerun_table(r))
+    return 0
+
+
+def rerun_table(r: api.Rerun) -> str:
+    """The headline metrics of a rerun beside the original's, and a verdict over all."""
+    rows = r.compared()
+    by_key = {k: (a, b) for k, a, b in rows}
+    metric = r.cfg.metric
+    test = "test_" + metric.removeprefix("val_")
+    tie = [r.cfg.tie_break] if r.cfg.tie_break else []
+    shown = [k for k in ("epoch", metric, *tie, test, "train_loss") if k in by_key]
+    differ = sorted((k for k, a, b in rows if a != b), key=lambda k: -abs(
+        by_key[k][1] - by_key[k][0]))
+    shown += [k for k in differ[:5] if k not in shown]
+    width = max(len(k) for k in [*shown, "at the best epoch"])
+    lines = [f"{'at the best epoch':<{width}}  {'original':>14}  {'rerun':>14}  difference"]
+    for k in shown:
+        a, b = by_key[k]
+        lines.append(f"{'best epoch' if k == 'epoch' else k:<{width}}  {a:>14.10g}  "
+                     f"{b:>14.10g}  {b - a:+.3g}")
+    if not rows:
+        lines.append("no metric to compare (the original logged none)")
+    elif not differ:
+        lines.append(f"all {len(rows)} metrics at the best epoch are identical, bit for bit")
+    else:
+        k = differ[0]
+        lines.append(f"{len(differ)} of {len(rows)} metrics differ; the most: {k} by "
+                     f"{by_key[k][1] - by_key[k][0]:+.3g}")
+    return "\n".join(lines)
+
+
 def _parse_value(v: str):
     """A ``--set KEY=VALUE`` value as YAML reads it (numbers, booleans, lists, strings)."""
     import yaml
@@ -237,35 +282,69 @@ def _key_value(v: str) -> str:
 
 
 # ---------------------------------------------------------------------- parser
+class _Formatter(argparse.HelpFormatter):
+    """``--help`` with every option's default: appended as ``(default: X)`` unless the help
+    already says what happens by default, or there is none worth printing (a flag, None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if (not action.option_strings or "(default" in text or d is None or isinstance(d, bool)
+                or d is argparse.SUPPRESS or d == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``hpsearch: error: ...``, exit 2) instead of the usage
+    block, like every other error of the CLI; its sub-command parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"hpsearch: error: {message} ('{self.prog} --help' lists the "
+                  "options)\n")
+
+
 def _add_tracking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under "
                    "--results-dir)")
     p.add_argument("--results-dir", default="results", help="where the default MLflow store, "
-                   "Ray state and exports live (default: results)")
+                   "Ray state and exports live")
 
 
 def _add_ranking(p: argparse.ArgumentParser, top: int) -> None:
-    p.add_argument("--experiment", default="demo")
+    p.add_argument("--experiment", default="demo", help="MLflow experiment to rank")
     p.add_argument("--metric", help="rank by this metric (default: the task's, e.g. "
                    "val_micro_f1 for classifiers, val_edge_f1 for label embeddings)")
-    p.add_argument("--mode", choices=["max", "min"], default="max")
+    p.add_argument("--mode", choices=["max", "min"], default="max",
+                   help="whether a larger --metric is better")
     p.add_argument("--tie-break", metavar="METRIC", help="order runs with an equal --metric "
                    "by this one (e.g. val_edge_gap; the search space's tie_break)")
-    p.add_argument("--tie-break-mode", choices=["max", "min"], default="max")
-    p.add_argument("--top", type=_at_least(1), default=top)
+    p.add_argument("--tie-break-mode", choices=["max", "min"], default="max",
+                   help="whether a larger --tie-break is better")
+    p.add_argument("--top", type=_at_least(1), default=top, help="how many runs")
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-samples", type=int, help="number of trials (overrides the space)")
-    p.add_argument("--max-epochs", type=int, help="epochs of an unstopped trial")
-    p.add_argument("--data-root", help="dataset directory (overrides data.root)")
+    p.add_argument("--num-samples", type=_at_least(1), help="number of trials (default: the "
+                   "space's budget.num_samples)")
+    p.add_argument("--max-epochs", type=_at_least(1), help="epochs of an unstopped trial "
+                   "(default: the space's budget.max_epochs)")
+    p.add_argument("--data-root", help="dataset directory (default: the space's data.root)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space's name)")
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
-    p.add_argument("--seed", type=int, help="sampler and training seed")
+    p.add_argument("--seed", type=int, help="sampler and training seed (default: the space's "
+                   "sampler.seed)")
     p.add_argument("--resume", action="store_true", help="resume the newest unfinished "
                    "search of this space")
-    p.add_argument("--export-best", metavar="DIR", help="export the best run to DIR")
-    p.add_argument("-v", "--verbose", type=int, default=1, help="Tune verbosity 0-3")
+    p.add_argument("--export-best", metavar="DIR", help="export the best run to DIR "
+                   "(default: no export; 'demo' exports to --results-dir/exports)")
+    p.add_argument("-v", "--verbose", type=int, choices=range(4), default=1,
+                   help="Tune verbosity 0-3")
     _add_tracking(p)
 
 
@@ -287,69 +366,99 @@ def _results(sub) -> None:
     p.set_defaults(fn=cmd_best)
     p = sub.add_parser("report", help="thesis-style per-level tables of the best runs")
     _add_ranking(p, top=1)
-    p.add_argument("--run-id")
-    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--run-id", help="report this run instead of the best ones")
+    p.add_argument("--split", choices=["val", "test"], default="test",
+                   help="split whose tables to print")
     p.add_argument("--extra", default=REPORT_EXTRA,
                    help="more metrics to print, comma-separated")
     _add_tracking(p)
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("hedge-curve", help="accuracy vs. specificity of hedged predictions "
                        "over tau on a split, logged as an artifact of the run")
-    p.add_argument("run_id")
-    p.add_argument("--split", choices=["val", "test"], default="test")
-    p.add_argument("--points", type=_at_least(2), default=21)
+    p.add_argument("run_id", help="MLflow run id of a classifier trial")
+    p.add_argument("--split", choices=["val", "test"], default="test",
+                   help="split to draw the curve on")
+    p.add_argument("--points", type=_at_least(2), default=21,
+                   help="number of tau values in [0, 1]")
     _add_tracking(p)
     p.set_defaults(fn=cmd_hedge_curve)
 
 
 def _models(sub) -> None:
     p = sub.add_parser("export", help="write a self-contained bundle of a trial run")
-    p.add_argument("run_id")
-    p.add_argument("--out", required=True)
+    p.add_argument("run_id", help="MLflow run id of a trial")
+    p.add_argument("--out", required=True, help="bundle directory to write (new or empty)")
     p.add_argument("--register", metavar="MODEL", help="also upload the bundle to the run and "
                    "register it as a new version of MODEL in the MLflow Model Registry")
     _add_tracking(p)
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("predict", help="predict label paths for images with a bundle")
-    p.add_argument("bundle")
-    p.add_argument("images", nargs="+")
+    p.add_argument("bundle", help="bundle directory written by 'hpsearch export'")
+    p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--hedge", type=_probability, metavar="TAU",
-                   help="stop at the deepest level with probability >= TAU")
-    p.add_argument("--json", action="store_true")
+                   help="stop at the deepest level with probability >= TAU (default: predict "
+                   "every level)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(fn=cmd_predict)
 
 
 def _tools(sub) -> None:
     p = sub.add_parser("train", help="train one config in this process (no Ray, no MLflow)")
-    p.add_argument("--space", help="take fixed values from this space")
+    p.add_argument("--space", help="take fixed values from this space (default: the "
+                   "TrialConfig defaults)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", type=_key_value,
-                   help="dotted overrides, e.g. optim.lr=0.1")
-    p.add_argument("--out", default="results/train-checkpoint")
-    p.add_argument("--resume", action="store_true")
+                   help="dotted overrides, e.g. optim.lr=0.1; deterministic=true trains "
+                   "bit-reproducibly (deterministic kernels, seeded generators, fixed threads)")
+    p.add_argument("--out", default="results/train-checkpoint", help="checkpoint directory")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in "
+                   "--out")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("rerun", help="retrain a tracked trial from its config.json in this "
+                       "process (no Ray; logs nothing) and compare its best-epoch metrics "
+                       "with the original's")
+    p.add_argument("run_id", help="MLflow run id of a trial")
+    p.add_argument("--out", help="checkpoint directory of the rerun (default: "
+                   "--results-dir/rerun-RUN_ID)")
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_rerun)
     p = sub.add_parser("families", help="list model families, backbones and datasets")
     p.set_defaults(fn=cmd_families)
     p = sub.add_parser("class-embeddings", help="Barz & Denzler class embeddings of a "
                        "hierarchy file")
-    p.add_argument("hierarchy_file")
-    p.add_argument("--out", required=True)
-    p.add_argument("--method", choices=["unitsphere", "approx"], default="unitsphere")
-    p.add_argument("--dim", type=int)
+    p.add_argument("hierarchy_file", help="'parent child' per line")
+    p.add_argument("--out", required=True, help="file to write the embeddings to")
+    p.add_argument("--method", choices=["unitsphere", "approx"], default="unitsphere",
+                   help="exact unit-sphere construction or the low-dimensional approximation")
+    p.add_argument("--dim", type=_at_least(1), help="embedding dimension (default: the "
+                   "number of classes)")
     p.add_argument("--is-a", action="store_true", help="lines are 'child parent'")
-    p.add_argument("--class-list", help="file with the target classes, one per line")
+    p.add_argument("--class-list", help="file with the target classes, one per line "
+                   "(default: the leaves)")
     p.set_defaults(fn=cmd_class_embeddings)
     p = sub.add_parser("bench", add_help=False, help="benchmarks whose figures go to results/ "
                        "('hpsearch bench --help' lists them)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)  # main() hands them to bench.main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="hpsearch", description="Hyperparameter search for "
-                                 "hierarchical-label image models (Ray Tune + Optuna + MLflow)")
-    sub = ap.add_subparsers(dest="command", required=True)
+def build_parser() -> _Parser:
+    ap = _Parser(prog="hpsearch", description="Hyperparameter search for hierarchical-label "
+                 "image models (Ray Tune + Optuna + MLflow)")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (_searching, _results, _models, _tools):
         group(sub)
+    ap.commands = dict(sub.choices)
     return ap
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option is reported by the sub-command it was given to, so
+    the hint names that command's ``--help``."""
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        (ap.commands.get(args.command) or ap).error(
+            f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its own parser takes every later argument, --help included
         return bench.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return args.fn(args)
     except HpsearchError as e:

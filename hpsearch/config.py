@@ -8,7 +8,7 @@ module. Unknown keys are errors that name the key and the allowed ones.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -127,8 +127,12 @@ class ResourceConfig(_Frozen):
 CONFIG_ERROR = "hpsearch_config"  # a validator's own ConfigError, passed through one_line whole
 
 
-def one_line(e: ValidationError) -> str:
-    """First pydantic error as ``key: message``, the way a CLI user wants it."""
+def one_line(e: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """First pydantic error as ``key: message``, the way a CLI user wants it.
+
+    With ``model`` (the class that was validated), an unknown key's message lists the keys
+    allowed where it stands (``optim.bogus: unknown key; allowed: optimizer, lr, ...``).
+    """
     err = e.errors()[0]
     more = len(e.errors()) - 1
     if err["type"] == CONFIG_ERROR:
@@ -137,9 +141,37 @@ def one_line(e: ValidationError) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+        allowed = _allowed_keys(model, err["loc"][:-1]) if model is not None else None
+        if allowed:
+            msg += f"; allowed: {', '.join(allowed)}"
     elif err["type"] == "literal_error":
         msg = f"got {err.get('input')!r}; {msg.lower()}"
     return f"{loc}: {msg}" + (f" ({more} more errors)" if more else "")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The field names of the (nested) model at ``loc`` inside ``model``, None if ``loc`` does
+    not lead to one (a free mapping such as ``data.params``)."""
+    cls: Any = model
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        cls = _model_class(field.annotation)
+        if cls is None:
+            return None
+    return list(cls.model_fields)
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model class in a field annotation (``X``, ``X | None``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_class(arg)
+        if found is not None:
+            return found
+    return None
 
 
 _SECTIONS = ("data", "model", "optim", "resources")

@@ -34,6 +34,22 @@ def test_bad_spaces_name_the_key():
                              "when": {"optim.x": 1}}})
 
 
+def test_an_unknown_fixed_key_is_blamed_on_itself_not_on_a_searched_one():
+    fixed = {"optim.bogus": 3}
+    msg = _err(fixed=fixed)
+    assert "fixed.optim.bogus: unknown key; allowed: optimizer, lr, momentum" in msg, msg
+    assert "search.optim.lr" not in msg
+    assert "fixed.optim.bogus: unknown key" in _err(fixed=fixed, search={})
+    assert "fixed.bogus: unknown key; allowed: data, model, optim" in _err(fixed={"bogus": 1})
+    assert "fixed.colour.x: unknown section 'colour'" in _err(fixed={"colour.x": 1})
+    msg = _err(fixed={"model.params": {"bogus": 1}})
+    assert "fixed.model.params.bogus: unknown key (family 'per_level')" in msg, msg
+    # a searched value that is bad stays the searched key's fault
+    assert "search.optim.optimizer.choices[1]='rmsprop' is not a valid value" in _err(
+        fixed={"optim.lr": 0.1},
+        search={"optim.optimizer": {"type": "categorical", "choices": ["sgd", "rmsprop"]}})
+
+
 def test_malformed_yaml(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("name: x\nsearch: [unclosed\n")

@@ -54,8 +54,12 @@ def collect_parents(
         parents_of[c].append(p)
         if require_tree and len(parents_of[c]) > 1:
             raise HierarchyError(
-                f"node {c!r} has two parents ({parents_of[c][0]!r}, {p!r}) but a tree is "
-                "required; pass require_tree=False for a DAG"
+                f"node {c!r} has two parents ({parents_of[c][0]!r}, {p!r}), but this "
+                f"hierarchy must be a tree: keep one parent of {c!r} (a hierarchy file: one "
+                "'parent child' line per child; per-sample label paths: rename the label "
+                "under one parent, label names are unique per level). Only the label-"
+                "embedding families read a DAG: data.params: {label_source: parent_child, "
+                "path: FILE}"
             )
     if not order:
         raise HierarchyError("empty hierarchy: no nodes and no edges")

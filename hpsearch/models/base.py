@@ -140,7 +140,8 @@ class FamilySpec:
         try:
             return self.params.model_validate(raw)
         except ValidationError as e:
-            raise ConfigError(f"model.params.{one_line(e)} (family {self.name!r})") from None
+            raise ConfigError(f"model.params.{one_line(e, self.params)} "
+                              f"(family {self.name!r})") from None
 
     def typed(self, params: FamilyParams) -> FamilyParams:
         """``params`` as this family's model: a ``ModelConfig`` built by hand (not through a

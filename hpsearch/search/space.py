@@ -188,7 +188,7 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{where}: {one_line(e)}") from None
+        raise ConfigError(f"{where}: {one_line(e, SearchSpace)}") from None
     if space.metric is None and space.family in FAMILIES:
         task = TASKS.get(FAMILIES.get(space.family).task)
         space = space.model_copy(update={"metric": task.default_metric})
@@ -214,6 +214,9 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
                     raise ConfigError(f"{where}: search.{key}.when: {cond} = {w!r} can never "
                                       f"be sampled ({cond} is {can}), so {key} would never "
                                       "be searched")
+    # the fixed values alone (every searched key at its default): an error naming a fixed key
+    # is that key's, not the searched value's that happens to be resolved with it
+    fixed_error = _fixed_error(space)
     # every key must resolve into a valid TrialConfig (and valid family params): each choice
     # or both ends of a range, tried together with the values its 'when' clause needs
     for key, dim in space.search.items():
@@ -226,14 +229,28 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
             try:
                 space.resolve({k: encode_choice(x) for k, x in sample.items()})
             except ConfigError as e:
+                if fixed_error is not None and str(e) == fixed_error:
+                    raise ConfigError(f"{where}: fixed.{e}") from None
                 raise ConfigError(f"{where}: {what} is not a valid value: {e}") from None
     if not space.search:
         try:
             space.resolve({})
         except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise ConfigError(f"{where}: {'fixed.' if fixed_error else ''}{e}") from None
     return space
 
+
+def _fixed_error(space: SearchSpace) -> str | None:
+    """The error of resolving ``space`` with nothing sampled, when it names a ``fixed`` key
+    (``optim.bogus: unknown key``) or a key below one (``model.params.bogus`` under a fixed
+    ``model.params``); None when the fixed values resolve or the error is another key's."""
+    try:
+        space.resolve({})
+    except ConfigError as e:
+        key = str(e).split(":", 1)[0]
+        if any(key == k or key.startswith(f"{k}.") for k in space.fixed):
+            return str(e)
+    return None
 
 
 

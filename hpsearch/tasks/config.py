@@ -38,6 +38,14 @@ class TrialConfig(BaseModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     resources: ResourceConfig = Field(default_factory=ResourceConfig)
     seed: int = 0
+    # reproducibility (tasks.base.trial_numerics): deterministic torch kernels, every RNG
+    # seeded from ``seed`` and the intra-op thread count fixed by the config (``torch_threads``,
+    # else the trial's CPUs from ``resources``), so a rerun reproduces the trial bit for bit
+    deterministic: bool = False
+    # torch intra-op threads of the trial (None: the trial's CPUs in a search, torch's default
+    # in 'hpsearch train'; with ``deterministic``: the CPUs the config asks for). Reductions
+    # are summed in another order with another thread count, so the last bits differ.
+    torch_threads: int | None = Field(None, gt=0)
     metric: str = "val_micro_f1"  # model selection inside the trial (best epoch)
     mode: Literal["max", "min"] = "max"
     # second criterion when ``metric`` ties (e.g. a val F1 saturated at 1.0): an epoch with an
@@ -101,4 +109,4 @@ def validate_trial(tree: Mapping[str, Any]) -> TrialConfig:
     try:
         return TrialConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(one_line(e)) from None
+        raise ConfigError(one_line(e, TrialConfig)) from None
