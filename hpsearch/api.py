@@ -45,7 +45,7 @@ def open_tracker(tracking_uri: str | None, results_dir: str | Path,
                  experiment: str | None) -> Tracker:
     """The tracker of an existing store (the SQLite store under ``results_dir`` by default),
     checked to answer; an :class:`HpsearchError` naming the URI when there is none."""
-    uri = tracking_uri or default_tracking_uri(results_dir)
+    uri = tracking_uri or default_tracking_uri(results_dir, create=False)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise HpsearchError(f"no tracking store at {uri}; run 'hpsearch search' first or pass "
                             "--tracking-uri")

@@ -500,7 +500,7 @@ RUN_METRICS = ("micro_f1", "macro_f1", "micro_f1_level_0", "micro_f1_level_1",
 
 
 def _tracker(results_dir: str, experiment: str, tracking_uri: str | None = None) -> Tracker:
-    return Tracker(tracking_uri or default_tracking_uri(results_dir), experiment)
+    return Tracker(tracking_uri or default_tracking_uri(results_dir, create=False), experiment)
 
 
 def trial_rows(tracker: Tracker, metric: str = "val_micro_f1",

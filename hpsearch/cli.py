@@ -29,7 +29,7 @@ from hpsearch.models import BACKBONES, FAMILIES  # noqa: E402
 from hpsearch.report import best_table, hedge_curve_csv, run_report  # noqa: E402
 from hpsearch.search.space import load_space  # noqa: E402
 from hpsearch.tasks import TASKS, TrialConfig  # noqa: E402
-from hpsearch.tracking import Tracker  # noqa: E402
+from hpsearch.tracking import Tracker, replay_spool  # noqa: E402
 
 DEMO_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
 REPORT_EXTRA = ("mistake_severity,hdist_at_5,path_consistency,mahp_250,accuracy,"
@@ -122,6 +122,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             path = " > ".join(f"{s['label']} ({s['prob']:.3f})" for s in r["path"]) or \
                 "(no level reaches the hedge threshold)"
             print(f"{r['image']}: {path}")
+    return 0
+
+
+def cmd_replay_spool(args: argparse.Namespace) -> int:
+    """Send what a search could not deliver to MLflow (its spool file) to the server."""
+    out = replay_spool(args.spool, args.tracking_uri)
+    print(f"replayed {out['writes']} writes: {out['metric_points']} metric points sent, "
+          f"{out['skipped_points']} already there, {out['runs_created']} runs created, "
+          f"{out['refused']} refused")
     return 0
 
 
@@ -385,6 +394,12 @@ def _results(sub) -> None:
 
 
 def _models(sub) -> None:
+    p = sub.add_parser("replay-spool", help="send the MLflow writes a search could not "
+                       "deliver (the spool file it named) to the tracking server")
+    p.add_argument("spool", help="mlflow-spool-<search>.jsonl written at the end of a search")
+    p.add_argument("--tracking-uri", help="send to this server instead of the one the spool "
+                   "names")
+    p.set_defaults(fn=cmd_replay_spool)
     p = sub.add_parser("export", help="write a self-contained bundle of a trial run")
     p.add_argument("run_id", help="MLflow run id of a trial")
     p.add_argument("--out", required=True, help="bundle directory to write (new or empty)")

@@ -44,6 +44,7 @@ search: {optim.lr: {type: loguniform, low: 0.001, high: 0.1}}
     ("frobnicate", "unrecognized arguments: --frobnicate ('hpsearch search --help'"),
     ("datadir", "does not exist"),
     ("tracking", "cannot reach the MLflow tracking store"),
+    ("scheme", "unsupported scheme 'foo'"),
 ])
 def test_bad_input_is_one_line(tmp_path, case, expect):
     text = GOOD
@@ -66,6 +67,8 @@ def test_bad_input_is_one_line(tmp_path, case, expect):
         extra = ["--data-root", str(tmp_path / "no-such-dir")]
     elif case == "tracking":
         extra = ["--tracking-uri", "http://127.0.0.1:9"]
+    elif case == "scheme":
+        extra = ["--tracking-uri", "foo://bar"]
     res = tmp_path / "results"
     res.mkdir()
     r = run_cli("search", space(tmp_path, text), "--results-dir", str(res), *extra,

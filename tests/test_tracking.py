@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from hpsearch.errors import TrackingError
 from hpsearch.search.tuner import search_tracker
-from hpsearch.tracking import default_tracking_uri
+from hpsearch.tracking import Tracker, default_tracking_uri
 
 
 def _one_trial_with_artifact(t, tmp: Path) -> tuple[str, str]:
@@ -113,3 +114,20 @@ def test_best_and_report_take_the_tasks_metric_and_the_logged_config(tmp_path):
     assert t.load_dict(rid, CONFIG_ARTIFACT) is None
     t.log_dict(rid, cfg.model_dump(mode="json"), CONFIG_ARTIFACT)
     assert validate_trial(t.load_dict(rid, CONFIG_ARTIFACT)) == cfg
+
+
+@pytest.mark.parametrize("uri,expect", [
+    ("foo://bar", "unsupported scheme 'foo'"),
+    ("sqlite:////missing-hpsearch-dir/sub/x.db", "directory /missing-hpsearch-dir/sub does not "
+                                                 "exist"),
+    ("http://127.0.0.1:1", "cannot reach the MLflow tracking store http://127.0.0.1:1: "
+                           "connection refused"),
+])
+def test_bad_tracking_uris_are_one_line(uri, expect):
+    """Unusable URIs fail at once with one line naming them: in the constructor (foo://, a
+    SQLite file in a missing directory: MLflow would create the directories and a new empty
+    store) or in check() (nothing listening)."""
+    with pytest.raises(TrackingError) as e:
+        Tracker(uri, "x").check()
+    assert expect in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not Path("/missing-hpsearch-dir").exists()  # no store created on the way
