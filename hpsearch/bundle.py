@@ -5,12 +5,31 @@ A bundle directory holds ``manifest.json`` (task, family, files and their SHA-25
 preprocessing, and for image classifiers a ``torch.export`` program (``program.pt2``) that maps
 uint8 ``[B, H, W, C]`` images to per-level probabilities. ``SHA256SUMS`` covers every file;
 loading verifies it.
+
+Trust model (docs/security.md):
+
+* ``SHA256SUMS`` is unkeyed: it catches corruption and careless edits, not tampering (whoever
+  edits a file can rewrite the sums).
+* Signing: with ``HPSEARCH_BUNDLE_KEY`` set, :func:`write_bundle` writes ``SIGNATURE``, an
+  HMAC-SHA256 under that key of ``SHA256SUMS`` (which pins ``manifest.json`` and every file),
+  and :func:`load_bundle` refuses a bundle whose signature is missing or does not match,
+  before reading any other file of it. ``HPSEARCH_REQUIRE_SIGNATURE=1`` makes a missing key an
+  error on both sides (an environment that must never write or read unsigned bundles).
+* Nothing of a bundle is unpickled unless it is authenticated: ``torch.export.load`` unpickles
+  (it calls ``torch.load(weights_only=False)`` and ``pickle.loads`` on parts of the archive),
+  so :class:`Predictor` runs ``program.pt2`` only from a bundle whose signature it verified.
+  Any other bundle predicts through the model rebuilt from ``config.json`` (JSON) and
+  ``weights.pt`` read with ``torch.load(weights_only=True)`` (tensors only): the same
+  probabilities, and a planted pickle is a one-line :class:`ExportError`, never run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +48,12 @@ from hpsearch.tasks import TASKS, Experiment, task_of, validate_trial
 from hpsearch.tasks.classifier import PredictProgram
 
 FORMAT_VERSION = 1
+SUMS_FILE = "SHA256SUMS"
+SIGNATURE_FILE = "SIGNATURE"  # HMAC-SHA256 of SHA256SUMS under HPSEARCH_BUNDLE_KEY
+KEY_ENV = "HPSEARCH_BUNDLE_KEY"
+REQUIRE_ENV = "HPSEARCH_REQUIRE_SIGNATURE"
+MIN_KEY_CHARS = 16
+_SIG_CONTEXT = b"hpsearch-bundle-v1\0"  # domain separation: this key signs only bundle sums
 
 
 def _sha256(path: Path) -> str:
@@ -39,9 +64,63 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def signing_key() -> bytes | None:
+    """The bundle signing key from ``HPSEARCH_BUNDLE_KEY`` (None when unset or empty); a key
+    of fewer than :data:`MIN_KEY_CHARS` characters is an :class:`ExportError`."""
+    key = os.environ.get(KEY_ENV, "")
+    if not key:
+        return None
+    if len(key) < MIN_KEY_CHARS:
+        raise ExportError(f"{KEY_ENV} has {len(key)} characters; use at least {MIN_KEY_CHARS} "
+                          "random ones, e.g. python -c 'import secrets; "
+                          "print(secrets.token_hex(32))'")
+    return key.encode()
+
+
+def signature_required() -> bool:
+    """``HPSEARCH_REQUIRE_SIGNATURE``: 1/true/yes or 0/false/no (unset: no)."""
+    v = os.environ.get(REQUIRE_ENV, "").strip().lower()
+    if v in ("", "0", "false", "no"):
+        return False
+    if v in ("1", "true", "yes"):
+        return True
+    raise ExportError(f"{REQUIRE_ENV}={os.environ[REQUIRE_ENV]!r}: set it to 1 (only signed "
+                      "bundles) or 0")
+
+
+def _signing_key_or_refuse(what: str) -> bytes | None:
+    key = signing_key()
+    if key is None and signature_required():
+        raise ExportError(f"{REQUIRE_ENV}=1 but {KEY_ENV} is not set: set {KEY_ENV} to the "
+                          f"bundle signing key to {what} signed bundles")
+    return key
+
+
+def _signature(key: bytes, sums: bytes) -> str:
+    return hmac.new(key, _SIG_CONTEXT + sums, hashlib.sha256).hexdigest()
+
+
+def _verify_signature(p: Path, key: bytes, sums: bytes) -> None:
+    """``SIGNATURE`` of bundle ``p`` matches its ``SHA256SUMS`` bytes ``sums`` under ``key``,
+    else ExportError."""
+    f = p / SIGNATURE_FILE
+    if not f.is_file():
+        raise ExportError(f"bundle {p} is not signed but {KEY_ENV} is set: export it again "
+                          f"with the key set, or unset {KEY_ENV} to load unsigned bundles "
+                          "(checksums only)")
+    parts = f.read_text(errors="replace").split()
+    want = _signature(key, sums).encode()
+    if len(parts) != 2 or parts[0] != "hmac-sha256" or \
+            not hmac.compare_digest(parts[1].encode(), want):
+        raise ExportError(f"bundle {p}: {SIGNATURE_FILE} does not match under {KEY_ENV}: the "
+                          "bundle was edited or signed with another key; do not use it")
+
+
 def write_bundle(exp: Experiment, out_dir: str | Path,
                  extra: dict[str, Any] | None = None) -> Path:
-    """Export experiment ``exp`` (its current weights) into ``out_dir``."""
+    """Export experiment ``exp`` (its current weights) into ``out_dir``; signed when
+    ``HPSEARCH_BUNDLE_KEY`` is set (see the module docstring)."""
+    key = _signing_key_or_refuse("write")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty; choose a new --out directory")
@@ -64,7 +143,10 @@ def write_bundle(exp: Experiment, out_dir: str | Path,
     manifest["files"] = {f: _sha256(out / f) for f in files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     sums = [f"{_sha256(out / f)}  {f}" for f in [*files, "manifest.json"]]
-    (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    (out / SUMS_FILE).write_text("\n".join(sums) + "\n")
+    if key is not None:
+        sig = _signature(key, (out / SUMS_FILE).read_bytes())
+        (out / SIGNATURE_FILE).write_text(f"hmac-sha256 {sig}\n")
     return out
 
 
@@ -73,6 +155,7 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     hierarchy: Hierarchy | None
+    signed: bool = False  # its SIGNATURE was verified under HPSEARCH_BUNDLE_KEY
 
     @property
     def config(self):
@@ -80,13 +163,18 @@ class Bundle:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Open a bundle and verify every checksum."""
+    """Open a bundle: verify its signature (when ``HPSEARCH_BUNDLE_KEY`` is set) before
+    reading anything else, then every checksum; nothing is unpickled here."""
     p = Path(path)
-    if not (p / "manifest.json").is_file() or not (p / "SHA256SUMS").is_file():
+    if not (p / "manifest.json").is_file() or not (p / SUMS_FILE).is_file():
         raise ExportError(f"{p} is not an hpsearch bundle (no manifest.json / SHA256SUMS); "
                           "create one with 'hpsearch export RUN_ID --out DIR'")
+    key = _signing_key_or_refuse("load")
+    raw = (p / SUMS_FILE).read_bytes()  # read once: what is verified is what is parsed
+    if key is not None:
+        _verify_signature(p, key, raw)
     sums: dict[str, str] = {}
-    for n, line in enumerate((p / "SHA256SUMS").read_text().splitlines(), 1):
+    for n, line in enumerate(raw.decode(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
@@ -95,7 +183,8 @@ def load_bundle(path: str | Path) -> Bundle:
         sums[parts[1].strip()] = parts[0]
     # every file of the bundle must be covered: a line deleted from SHA256SUMS must not let
     # an edited file through
-    present = {f.name for f in p.iterdir() if f.is_file() and f.name != "SHA256SUMS"}
+    present = {f.name for f in p.iterdir()
+               if f.is_file() and f.name not in (SUMS_FILE, SIGNATURE_FILE)}
     unlisted = sorted(present - set(sums))
     if unlisted or "manifest.json" not in sums:
         raise ExportError(f"bundle {p}: {', '.join(unlisted) or 'manifest.json'} not covered "
@@ -120,7 +209,7 @@ def load_bundle(path: str | Path) -> Bundle:
     h = None
     if (p / "hierarchy.json").is_file():
         h = Hierarchy.from_dict(json.loads((p / "hierarchy.json").read_text()))
-    return Bundle(p, manifest, h)
+    return Bundle(p, manifest, h, signed=key is not None)
 
 
 def read_images(paths: Sequence[str | Path], size: int, channels: int = 3) -> torch.Tensor:
@@ -135,6 +224,24 @@ def read_images(paths: Sequence[str | Path], size: int, channels: int = 3) -> to
     return torch.stack(out)
 
 
+def _read_weights(f: Path) -> dict[str, torch.Tensor]:
+    """A bundle's ``weights.pt``: a state dict of tensors (``weights_only=True``); anything
+    else is a one-line :class:`ExportError`, nothing in it is run."""
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ExportError(f"bundle file {f} refused: it holds more than tensors (nothing in "
+                          "it was run); do not use this bundle, export it again") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ExportError(f"bundle file {f} is not a torch weights file ({type(e).__name__});"
+                          " export the bundle again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ExportError(f"bundle file {f} is not a state dict of tensors; export the bundle "
+                          "again")
+    return state
+
+
 class Predictor:
     """Per-level probabilities for images, from a classifier bundle."""
 
@@ -146,14 +253,24 @@ class Predictor:
         self.bundle = bundle
         self.h = bundle.hierarchy
         self.pre = bundle.manifest["preprocess"]
-        if "program" in bundle.manifest:
-            self.fn = torch.export.load(str(bundle.path / bundle.manifest["program"])).module()
-        else:  # the family did not export: rebuild it from config + weights
+        # program.pt2 unpickles when loaded: only from a bundle whose signature was verified
+        self.source = "program" if "program" in bundle.manifest and bundle.signed else "weights"
+        if self.source == "program":
+            try:
+                ep = torch.export.load(str(bundle.path / bundle.manifest["program"]))
+            except Exception as e:  # noqa: BLE001 - e.g. saved by another torch version
+                raise ExportError(f"bundle {bundle.path}: cannot load its program.pt2 "
+                                  f"({type(e).__name__}: {str(e)[:160]}); export it again "
+                                  "with this torch") from None
+            self.fn = ep.module()
+        else:  # config + weights (tensors only): the same model, nothing of it unpickled
             cfg = bundle.config
             in_ch = 1 if cfg.model.grayscale else self.pre["channels"]
-            model = build_model(cfg.model, self.h, in_ch)
-            model.load_state_dict(torch.load(bundle.path / bundle.manifest["weights"],
-                                             map_location="cpu", weights_only=True))
+            # the weights file replaces any pretrained weights: no need for that file here
+            mcfg = cfg.model.model_copy(update={"pretrained_weights": None,
+                                                "freeze_backbone": False})
+            model = build_model(mcfg, self.h, in_ch)
+            model.load_state_dict(_read_weights(bundle.path / bundle.manifest["weights"]))
             pre = Preprocess(mean=tuple(self.pre["mean"]), std=tuple(self.pre["std"]),
                              size=self.pre["size"], grayscale=self.pre["grayscale"])
             self.fn = PredictProgram(model.eval(), pre)

@@ -400,14 +400,16 @@ def _models(sub) -> None:
     p.add_argument("--tracking-uri", help="send to this server instead of the one the spool "
                    "names")
     p.set_defaults(fn=cmd_replay_spool)
-    p = sub.add_parser("export", help="write a self-contained bundle of a trial run")
+    p = sub.add_parser("export", help="write a self-contained bundle of a trial run (signed "
+                       "when HPSEARCH_BUNDLE_KEY is set: docs/security.md)")
     p.add_argument("run_id", help="MLflow run id of a trial")
     p.add_argument("--out", required=True, help="bundle directory to write (new or empty)")
     p.add_argument("--register", metavar="MODEL", help="also upload the bundle to the run and "
                    "register it as a new version of MODEL in the MLflow Model Registry")
     _add_tracking(p)
     p.set_defaults(fn=cmd_export)
-    p = sub.add_parser("predict", help="predict label paths for images with a bundle")
+    p = sub.add_parser("predict", help="predict label paths for images with a bundle "
+                       "(its signature checked when HPSEARCH_BUNDLE_KEY is set)")
     p.add_argument("bundle", help="bundle directory written by 'hpsearch export'")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--hedge", type=_probability, metavar="TAU",

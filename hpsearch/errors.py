@@ -33,3 +33,8 @@ class TrackingError(HpsearchError):
 
 class ExportError(HpsearchError):
     """An export bundle is missing, corrupt or does not match its checksum."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file is unreadable or holds more than tensors and plain data (a subclass
+    of :class:`ConfigError`: a checkpoint is named by a config value or a run)."""

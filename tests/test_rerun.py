@@ -42,7 +42,7 @@ def _tensors(state, prefix=""):
 def _weights(ck: Path) -> dict[str, torch.Tensor]:
     out = {}
     for name in (CHECKPOINT_FILE, BEST_FILE):  # latest state (optimizer too) and best weights
-        state = torch.load(ck / name, map_location="cpu", weights_only=False)
+        state = torch.load(ck / name, map_location="cpu", weights_only=True)
         out.update({f"{name}{k}": v for k, v in _tensors(state).items()})
     return out
 

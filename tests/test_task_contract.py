@@ -242,7 +242,7 @@ def test_an_interrupted_trial_resumes_bit_for_bit(name, full_run, tmp_path):
     with pytest.raises(Interrupted):
         run_trial(cfg, part)
     assert torch.load(tmp_path / "ck" / CHECKPOINT_FILE, map_location="cpu",
-                      weights_only=False)["epoch"] == EPOCHS - 2
+                      weights_only=True)["epoch"] == EPOCHS - 2
     resumed = DirectoryReporter(tmp_path / "ck")
     run_trial(cfg, resumed, resume_from=tmp_path / "ck")
     assert [m["epoch"] for m in resumed.history] == [float(EPOCHS)]  # only the last epoch ran
@@ -250,8 +250,8 @@ def test_an_interrupted_trial_resumes_bit_for_bit(name, full_run, tmp_path):
     for a, b in zip(full_history[:EPOCHS - 1], part.history, strict=True):
         _assert_same_metrics(b, a)
     _assert_same_metrics(resumed.history[-1], full_history[-1])
-    a = torch.load(full_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    b = torch.load(tmp_path / "ck" / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    a = torch.load(full_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "ck" / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     assert a["epoch"] == b["epoch"] == EPOCHS - 1
     assert a["experiment"]["model"]  # a non-empty model state
     for k, v in a["experiment"]["model"].items():
@@ -273,7 +273,7 @@ def test_a_shorter_run_continued_to_more_epochs_matches_under_a_flat_schedule(na
     run_trial(cfg, more, resume_from=tmp_path / "ck")
     assert [m["epoch"] for m in more.history] == [float(EPOCHS)]
     _assert_same_metrics(more.history[-1], full.history[-1])
-    a, b = (torch.load(d / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    a, b = (torch.load(d / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
             for d in (tmp_path / "full", tmp_path / "ck"))
     for k, v in a["experiment"]["model"].items():
         assert torch.equal(v, b["experiment"]["model"][k]), f"model tensor {k} differs"

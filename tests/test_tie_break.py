@@ -64,7 +64,7 @@ def test_run_trial_keeps_the_earliest_saturated_epoch_unless_a_tie_break_is_set(
     last = rep.history[-1]
     assert last["best_epoch"] == best_epoch + 1
     assert ("best_val_gap" in last) == (tie_break is not None)
-    saved = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=False)
+    saved = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=True)
     assert int(saved["experiment"]["epoch"]) == best_epoch
 
 

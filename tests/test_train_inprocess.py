@@ -81,7 +81,7 @@ def test_trial_trains_checkpoints_and_resumes(tmp_path):
 
     from hpsearch.tasks import experiment_from_checkpoint
 
-    best_pt = torch.load(tmp_path / "ck" / "best.pt", map_location="cpu", weights_only=False)
+    best_pt = torch.load(tmp_path / "ck" / "best.pt", map_location="cpu", weights_only=True)
     assert "optimizer" not in best_pt["experiment"] and "optimizer" in state["experiment"]
     exp = experiment_from_checkpoint(tmp_path / "ck")
     for k, v in exp.model.state_dict().items():

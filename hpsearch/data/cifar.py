@@ -13,6 +13,7 @@ Inputs, first match wins (``data.root`` = R):
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -100,14 +101,109 @@ class _Raw:
     stamp: Callable[[np.ndarray], str | None] | None = None
 
 
+# ---------------------------------------------------------------------------- safe unpickling
+# A CIFAR python batch is a pickled dict of bytes keys -> bytes, lists of ints / bytes and one
+# uint8 numpy array; real files (Python 2 cPickle, protocol 2) name exactly these globals.
+# Re-pickled copies (Python 3, numpy 2) also name numpy._core and, for protocol 2 bytes,
+# _codecs.encode; protocol 5 pickles arrays through _frombuffer. Nothing else is resolved: a
+# batch that names os.system (or any other global) is a DataError, and nothing in it is run.
+class _NdarrayType:
+    """What ``numpy.ndarray`` resolves to in a batch: only :func:`_reconstruct` accepts it (a
+    pickle cannot call numpy.ndarray itself)."""
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _array_dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    dt = np.dtype(spec, bool(align), bool(copy))
+    if dt.hasobject:
+        raise pickle.UnpicklingError(f"object dtype {dt}")
+    return dt
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if subtype is not _NDARRAY:
+        raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+    return np.ndarray.__new__(np.ndarray, shape, _array_dtype(dtype))
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    return np.frombuffer(buf, dtype=_array_dtype(dtype)).reshape(shape, order=order)
+
+
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode other than latin1 text")
+    return text.encode("latin1")
+
+
+_BATCH_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _array_dtype,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class _Refused(Exception):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Resolves only :data:`_BATCH_GLOBALS`; never imports a module."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _BATCH_GLOBALS[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _Refused("a persistent id")
+
+
+def _plain_batch(obj: Any, depth: int = 0) -> bool:
+    """Only dicts, lists, tuples, bytes, str, numbers and non-object numpy arrays."""
+    if isinstance(obj, bytes | str | int | float | type(None)):
+        return True
+    if isinstance(obj, np.ndarray):
+        return type(obj) is np.ndarray and not obj.dtype.hasobject
+    if depth > 4:
+        return False
+    if type(obj) is dict:
+        return all(_plain_batch(k, depth + 1) and _plain_batch(v, depth + 1)
+                   for k, v in obj.items())
+    if type(obj) in (list, tuple):
+        return all(_plain_batch(v, depth + 1) for v in obj)
+    return False
+
+
+def _load_batch(f: Any, where: str) -> dict:
+    """A CIFAR python batch from the open binary file ``f`` (see :data:`_BATCH_GLOBALS`)."""
+    try:
+        d = _BatchUnpickler(f, encoding="bytes").load()
+    except _Refused as r:
+        raise DataError(f"{where}: refused to unpickle {r}: a CIFAR python batch holds only "
+                        "dicts, lists, bytes and numpy arrays (nothing in it was run); replace "
+                        "it with the file from the official CIFAR python archive") from None
+    except Exception as err:
+        raise DataError(f"{where}: cannot unpickle ({type(err).__name__}); expected a CIFAR "
+                        "python batch (dict with b'data', b'labels')") from None
+    if type(d) is not dict or not _plain_batch(d):
+        raise DataError(f"{where}: not a CIFAR python batch (a dict of bytes keys to lists "
+                        "and numpy arrays); replace it with the file from the official CIFAR "
+                        "python archive")
+    return d
+
+
 def _unpickle(path: Path) -> dict:
     require_file(path, "a CIFAR python pickle batch")
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except Exception as err:
-        raise DataError(f"{path}: cannot unpickle ({type(err).__name__}); expected a CIFAR "
-                        "python batch (dict with b'data', b'labels')") from None
+    with open(path, "rb") as f:
+        return _load_batch(f, str(path))
 
 
 def _batch_arrays(d: dict, path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -153,11 +249,7 @@ def _raw_pickles10(d: Path, batches: dict[str, bytes] | None = None, name: str =
 
 
 def _loads(data: bytes, where: str) -> dict:
-    try:
-        return pickle.loads(data, encoding="bytes")
-    except Exception as err:
-        raise DataError(f"{where}: cannot unpickle ({type(err).__name__}); expected a CIFAR "
-                        "python batch") from None
+    return _load_batch(io.BytesIO(data), where)
 
 
 def _raw_folder(root: Path, classes: tuple[str, ...]) -> _Raw:

@@ -6,6 +6,7 @@ user names (``model.pretrained_weights``), never downloaded at run time.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,7 +68,15 @@ def _torchvision(name: str, small_input_stem: bool = False) -> BackboneBuilder:
             if not path.is_file():
                 raise DataError(f"model.pretrained_weights: {path} does not exist (weights are "
                                 "never downloaded; save torchvision's state_dict there)")
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            try:  # tensors and plain data only: a planted pickle is refused, never run
+                weights = torch.load(path, map_location="cpu", weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+                why = "it holds more than tensors" if isinstance(e, pickle.UnpicklingError) \
+                    else "it is not a torch.save file"
+                raise DataError(f"model.pretrained_weights: {path} refused ({why}; nothing "
+                                "in it was run); save torchvision's state_dict there "
+                                "(torch.save(model.state_dict(), path))") from None
+            net.load_state_dict(weights)
         if small_input_stem:
             net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

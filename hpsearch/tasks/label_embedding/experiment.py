@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,13 @@ def load_embedding_tensor(path: str | Path) -> torch.Tensor:
     if not p.is_file():
         raise ConfigError(f"init_from={str(path)!r}: no {EMBEDDINGS_FILE} there; point it at "
                           "an exported label-embedding run")
-    x = torch.load(p, map_location="cpu", weights_only=True)
+    try:  # tensors and plain data only: a planted pickle is refused, never run
+        x = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        why = "it holds more than a tensor" if isinstance(e, pickle.UnpicklingError) else \
+            "it is not a torch.save file"
+        raise ConfigError(f"init_from: {p} refused ({why}; nothing in it was run); point "
+                          "it at a label_embeddings.pt written by an hpsearch export") from None
     if not isinstance(x, torch.Tensor) or x.ndim != 2:
         raise ConfigError(f"{p} does not hold an [N, d] tensor")
     return x
