@@ -45,7 +45,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                          data_root=args.data_root, experiment=args.experiment,
                          tracking_uri=args.tracking_uri, address=args.address, seed=args.seed,
                          resume=args.resume, results_dir=args.results_dir,
-                         verbose=args.verbose)
+                         verbose=args.verbose, storage=args.storage)
     out = run_search(space, opts)
     print(f"\nsearch {out.search_id}: {out.num_trials} trials, {out.num_stopped_early} stopped "
           f"early by ASHA, {out.num_errors} failed, {out.wall_s:.0f} s")
@@ -345,7 +345,15 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    "(default: the space's budget.max_epochs)")
     p.add_argument("--data-root", help="dataset directory (default: the space's data.root)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space's name)")
-    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--address", help="join a running Ray cluster: HOST:PORT (its GCS port, "
+                   "the one 'ray start --head --port' took), ray://HOST:PORT (Ray Client) or "
+                   "auto (RAY_ADDRESS, else the newest 'ray start' cluster on this machine; use "
+                   "it inside 'ray job submit'); the token of a token-auth cluster comes from "
+                   "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (default: start a "
+                   "private local cluster; RAY_ADDRESS is ignored without --address auto)")
+    p.add_argument("--storage", metavar="PATH_OR_URI", help="where Ray Tune keeps experiment "
+                   "state and checkpoints: a path every node mounts, or file:// s3:// gs:// "
+                   "(default: --results-dir/ray); --resume looks there")
     p.add_argument("--seed", type=int, help="sampler and training seed (default: the space's "
                    "sampler.seed)")
     p.add_argument("--resume", action="store_true", help="resume the newest unfinished "

@@ -2,7 +2,13 @@
 
 Layout under ``results_dir``: ``mlflow.db`` (default tracking store), ``mlruns/`` (artifacts),
 ``ray/<search_id>/`` (Tune experiment state, trial checkpoints), ``ray/train/`` (TorchTrainer
-runs). ``--resume`` restores the newest unfinished search of the same space name.
+runs). ``--storage`` moves ``ray/`` elsewhere: a path every node of the cluster sees, or a
+pyarrow filesystem URI (``s3://``, ``gs://``, ``file://``); MLflow's store stays put.
+``--resume`` restores the newest unfinished search of the same space name in that storage.
+
+Before anything is written: the address, the results dir and the storage are checked, the
+cluster is probed (reachable, token accepted); right after ``ray.init`` and before any MLflow
+run: every trial fits on a node of the cluster (see :mod:`hpsearch.search.cluster`).
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.provenance import code_version
+from hpsearch.search import cluster
 from hpsearch.search.callbacks import MLflowTrialCallback, finish_open_trials
+from hpsearch.search.cluster import Storage, Target
 from hpsearch.search.codec import constants
 from hpsearch.search.space import DefineByRun, SearchSpace
 from hpsearch.search.trainable import tune_trainable
@@ -41,6 +50,7 @@ class SearchOptions:
     resume: bool = False
     results_dir: str = "results"
     verbose: int = 1
+    storage: str | None = None  # Tune's storage: path or URI (default: results_dir/ray)
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,7 @@ def preflight(space: SearchSpace, opts: SearchOptions
     config and the overrides every trial gets."""
     if opts.num_samples is not None and opts.num_samples <= 0:
         raise ConfigError(f"--num-samples must be positive, got {opts.num_samples}")
+    cluster.check_num_samples(opts.num_samples or space.budget.num_samples)
     if opts.max_epochs is not None and opts.max_epochs <= 0:
         raise ConfigError(f"--max-epochs must be positive, got {opts.max_epochs}")
     if opts.data_root is not None and not Path(opts.data_root).exists():
@@ -136,14 +147,15 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     """Launch (or resume) the search described by ``space``; returns its outcome."""
     t0 = time.time()
     _train_env_defaults()
-    storage = Path(opts.results_dir).resolve() / "ray"
+    target, storage = where_to_run(opts)  # nothing written yet; the cluster answers
     resume_path = None
     if opts.resume:  # the stored search decides its options; a conflicting flag is an error
         resume_path, meta = _resumable(storage, space.name)
         opts = _resume_options(space, opts, meta, resume_path.name)
     tracker, base_cfg, overrides = preflight(space, opts)
-    storage.mkdir(parents=True, exist_ok=True)
-    _init_ray(opts)
+    _init_ray(opts, target)
+    check_cluster_fits(space, target)  # before any MLflow run or Ray dir of this search
+    storage.mkdir()
     trainable, max_conc = _trainable(space, opts)
 
     search_dir = resume_path or _new_search_dir(storage, space.name)
@@ -151,10 +163,14 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
     num_samples = opts.num_samples or space.budget.num_samples
     max_epochs = base_cfg.optim.epochs
     if resume_path is None:
-        _write_meta(search_dir, _search_meta(space, opts, tracker, num_samples, max_epochs))
+        _write_meta(search_dir, _search_meta(space, opts, tracker, num_samples, max_epochs),
+                    storage)
     parent = tracker.search_run(search_id, search_id, tags={
-        "family": space.family, "dataset": space.data_label, "metric": space.metric},
+        "family": space.family, "dataset": space.data_label, "metric": space.metric,
+        "code_version": code_version(), "storage": storage.display},
         params=_search_params(space, opts, num_samples, max_epochs, max_conc))
+    if resume_path is not None:  # the parent keeps the version it started with
+        tracker.set_tags(parent, {"code_version_resumed": code_version()})
     try:
         from ray import tune
 
@@ -163,7 +179,8 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
                                        max_epochs=max_epochs)
         if resume_path is not None:
             tuner = tune.Tuner.restore(str(resume_path), trainable=trainable,
-                                       resume_unfinished=True, resume_errored=True)
+                                       resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=storage.filesystem())
         else:
             tuner = _new_tuner(space, opts, trainable, callback, search_id, storage, overrides,
                                num_samples, max_epochs, max_conc)
@@ -176,7 +193,8 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
             unfinished = 0
             finish_open_trials(tracker, search_id, grid, stopped_by=(
                 "time_budget" if space.budget.time_budget_s else "tune"))
-            _write_meta(search_dir, {**_read_meta(search_dir), "finished": True})
+            _write_meta(search_dir, {**_read_meta(search_dir, storage), "finished": True},
+                        storage)
         errors = grid.num_errors
         stopped = tracker.count_runs(search_id=search_id, role="trial", stopped_early="true")
         best = _best_of(grid, space)
@@ -208,22 +226,59 @@ def _train_env_defaults() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
-def _init_ray(opts: SearchOptions) -> None:
-    """Join the cluster at ``opts.address``, or start a local one (unless already up)."""
+def where_to_run(opts: SearchOptions) -> tuple[Target, Storage]:
+    """The cluster and the storage of a search, checked before anything is written: the
+    address has a known form and answers (and accepts this process's token), the results
+    dir and the storage can be written. One-line errors."""
+    target = cluster.parse_address(opts.address)
+    if opts.tracking_uri is None or opts.storage is None:  # something goes to results_dir
+        cluster.check_writable_dir(Path(opts.results_dir), "--results-dir")
+    storage = Storage.parse(opts.storage, opts.results_dir)
+    if opts.storage is not None:
+        storage.check()
+    cluster.probe(target)
+    return target, storage
+
+
+def _init_ray(opts: SearchOptions, target: Target | None = None) -> None:
+    """Join the cluster ``target`` (default: from ``opts.address``), or start a private local
+    one, unless Ray is up already. The job ships this hpsearch to the workers."""
     import optuna
     import ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return
+    if target is None:
+        target = cluster.parse_address(opts.address)
+        cluster.probe(target)
+    cluster.say(cluster.ignored_env_line(target))
     # Train's controller and workers read these; a remote cluster gets them this way
     env = {k: v for k, v in os.environ.items() if k.startswith(("RAY_TRAIN_", "HPSEARCH_"))}
-    runtime_env = {"env_vars": env} if env else None
-    if opts.address:
-        ray.init(address=opts.address, log_to_driver=opts.verbose > 1, runtime_env=runtime_env)
-    else:
-        ray.init(log_to_driver=opts.verbose > 1, include_dashboard=None,
-                 runtime_env=runtime_env)
+    with cluster.init_environ(target) as workers_env, \
+            cluster.runtime_env({**env, **workers_env}) as runtime_env:
+        try:
+            if target.kind == "local":
+                ray.init(address="local", log_to_driver=opts.verbose > 1,
+                         include_dashboard=None, runtime_env=runtime_env)
+            else:
+                ray.init(address=target.init_address, log_to_driver=opts.verbose > 1,
+                         runtime_env=runtime_env)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            if target.kind == "local":
+                raise
+            raise cluster.init_error(target, e) from e
+
+
+def check_cluster_fits(space: SearchSpace, target: Target) -> None:
+    """Refuse a trial that no node of the connected cluster can ever hold (one line); a
+    configured autoscaler may add such a node, so then the line is only printed."""
+    nodes = cluster.alive_nodes()
+    if nodes is None:  # not connected to a real cluster (a test double): nothing to check
+        return
+    where = target.describe()
+    scaler = cluster.configured_autoscaler() if target.kind != "local" else None
+    cluster.say(cluster.check_fits(space.resources, nodes, where, scaler))
 
 
 def _trainable(space: SearchSpace, opts: SearchOptions) -> tuple[Any, int]:
@@ -266,7 +321,7 @@ def _best_of(grid: Any, space: SearchSpace) -> dict[str, Any] | None:
 
 
 def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback: Any,
-               search_id: str, storage: Path, overrides: dict[str, Any], num_samples: int,
+               search_id: str, storage: Storage, overrides: dict[str, Any], num_samples: int,
                max_epochs: int, max_conc: int) -> Any:
     """The ``tune.Tuner`` of a new search: seeded Optuna sampler, ASHA or FIFO, the MLflow
     callback, checkpoints kept per trial."""
@@ -275,7 +330,7 @@ def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    carried = constants(space.base_tree(overrides), str(storage / "train"))
+    carried = constants(space.base_tree(overrides), storage.uri("train"))
     seed = space.sampler.seed if opts.seed is None else opts.seed
     if space.sampler.type == "tpe":
         sampler = optuna.samplers.TPESampler(
@@ -310,7 +365,7 @@ def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback
                                     trial_name_creator=trial_name,
                                     trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
-            name=search_id, storage_path=str(storage), callbacks=[callback],
+            name=search_id, **storage.tune_kwargs(), callbacks=[callback],
             progress_reporter=reporter, verbose=opts.verbose,
             failure_config=tune.FailureConfig(max_failures=space.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
@@ -394,17 +449,17 @@ def _search_id_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(name)}-\d{{8}}-\d{{6}}(?:-\d+)?")
 
 
-def _new_search_dir(storage: Path, name: str) -> Path:
-    """Claim ``<name>-<YYYYmmdd-HHMMSS>[-n]`` atomically: two searches of one space started
-    in the same second into one results dir get two ids, not one shared Ray dir and run."""
+def _new_search_dir(storage: Storage | Path, name: str) -> Any:
+    """Claim ``<name>-<YYYYmmdd-HHMMSS>[-n]`` (atomically on a local storage): two searches of
+    one space started in the same second into one storage get two ids, not one shared Ray dir
+    and run. A :class:`~pathlib.Path` for a local storage, else a ``PurePosixPath`` of the
+    storage's filesystem."""
+    storage = Storage.coerce(storage)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1, 10_000):
-        d = storage / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
-        try:
-            d.mkdir(parents=True)
+        d = storage.new_dir(f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+        if d is not None:
             return d
-        except FileExistsError:
-            continue
     raise HpsearchError(f"could not create a new search directory under {storage}")
 
 
@@ -421,33 +476,35 @@ def _abs_data_root(opts: SearchOptions) -> str | None:
     return str(Path(opts.data_root).resolve()) if opts.data_root else None
 
 
-def _write_meta(search_dir: Path, meta: dict[str, Any]) -> None:
-    tmp = search_dir / (SEARCH_META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(search_dir / SEARCH_META)
+def _write_meta(search_dir: PurePath, meta: dict[str, Any],
+                storage: Storage | None = None) -> None:
+    Storage.coerce(storage or Path(search_dir).parent).write_text(
+        search_dir / SEARCH_META, json.dumps(meta, indent=1))
 
 
-def _read_meta(search_dir: Path) -> dict[str, Any]:
-    f = search_dir / SEARCH_META
-    return json.loads(f.read_text()) if f.exists() else {}
+def _read_meta(search_dir: PurePath, storage: Storage | None = None) -> dict[str, Any]:
+    text = Storage.coerce(storage or Path(search_dir).parent).read_text(search_dir / SEARCH_META)
+    return json.loads(text) if text else {}
 
 
-def _resumable(storage: Path, name: str) -> tuple[Path, dict[str, Any]]:
-    """The newest unfinished search of space ``name`` under ``storage`` and its stored options.
+def _resumable(storage: Storage | Path, name: str) -> tuple[Any, dict[str, Any]]:
+    """The newest unfinished search of space ``name`` in ``storage`` (a local path or a URI's
+    filesystem) and its stored options.
 
     Only ids of exactly this space match (``demo`` does not pick up ``demo-x-<stamp>``); a
     search that ended (all trials done, or its time budget spent) is not resumed."""
     from ray import tune
 
+    storage = Storage.coerce(storage)
     pat = _search_id_pattern(name)
-    cands = sorted((p for p in storage.glob(f"{name}-*") if p.is_dir() and pat.fullmatch(p.name)),
-                   key=lambda p: p.stat().st_mtime, reverse=True) if storage.is_dir() else []
+    cands = [p for p, _ in sorted(((p, t) for p, t in storage.dirs() if pat.fullmatch(p.name)),
+                                  key=lambda pt: pt[1], reverse=True)]
     done = []
     for p in cands:
-        meta = _read_meta(p)
+        meta = _read_meta(p, storage)
         if meta.get("finished"):
             done.append(p.name)
-        elif tune.Tuner.can_restore(str(p)):
+        elif tune.Tuner.can_restore(str(p), storage_filesystem=storage.filesystem()):
             return p, meta
     if done:
         raise ConfigError(f"--resume: every search named {name!r} under {storage} has finished "
