@@ -171,6 +171,9 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         params=_search_params(space, opts, num_samples, max_epochs, max_conc))
     if resume_path is not None:  # the parent keeps the version it started with
         tracker.set_tags(parent, {"code_version_resumed": code_version()})
+    # what an MLflow outage kept from the server when the search ends (Tracker.close)
+    spool = Path(opts.results_dir).resolve() / f"mlflow-spool-{search_id}.jsonl"
+    hurry = False
     try:
         from ray import tune
 
@@ -210,11 +213,17 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         # whatever escapes fit (a callback, the searcher, the store, a second Ctrl+C) must not
         # leave the search's runs RUNNING forever
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        hurry = isinstance(e, KeyboardInterrupt)  # a second Ctrl+C: no waiting on the server
+        # each on its own: a failing read in the first must not keep the parent RUNNING
         with contextlib.suppress(Exception):
             _close_unfinished(tracker, search_id, status)
+        with contextlib.suppress(Exception):
             tracker.set_tags(parent, {"error": f"{type(e).__name__}: {e}"[:4000]})
+        with contextlib.suppress(Exception):
             tracker.end_run(parent, status)
         raise
+    finally:
+        tracker.close(spool, wait=not hurry)
 
 
 def _train_env_defaults() -> None:
@@ -397,6 +406,8 @@ def _interruptible():
     sigint_before = signal.getsignal(signal.SIGINT)
 
     def on_term(*_: Any) -> None:
+        if state.seen:  # scancel signals the driver and the batch script forwards it again
+            return
         state.seen = True
         signal.raise_signal(signal.SIGINT)
 
