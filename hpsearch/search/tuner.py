@@ -29,7 +29,12 @@ from typing import Any
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.provenance import code_version
 from hpsearch.search import cluster
-from hpsearch.search.callbacks import MLflowTrialCallback, finish_open_trials
+from hpsearch.search.callbacks import (
+    MLflowTrialCallback,
+    failed_trials,
+    finish_open_trials,
+    hpsearch_cause,
+)
 from hpsearch.search.cluster import Storage, Target
 from hpsearch.search.codec import constants
 from hpsearch.search.space import DefineByRun, SearchSpace
@@ -179,7 +184,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
 
         callback = MLflowTrialCallback(tracker.uri, tracker.experiment_name, search_id, parent,
                                        family=space.family, dataset=space.data_label,
-                                       max_epochs=max_epochs)
+                                       max_epochs=max_epochs, scheduler=space.scheduler)
         if resume_path is not None:
             tuner = tune.Tuner.restore(str(resume_path), trainable=trainable,
                                        resume_unfinished=True, resume_errored=True,
@@ -198,7 +203,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
                 "time_budget" if space.budget.time_budget_s else "tune"))
             _write_meta(search_dir, {**_read_meta(search_dir, storage), "finished": True},
                         storage)
-        errors = grid.num_errors
+        errors = failed_trials(grid)  # raised, or ended by the trainable with an error
         stopped = tracker.count_runs(search_id=search_id, role="trial", stopped_early="true")
         best = _best_of(grid, space)
         tracker.log_metrics(parent, {"num_trials": len(grid), "num_errors": errors,
@@ -214,13 +219,17 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         # leave the search's runs RUNNING forever
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         hurry = isinstance(e, KeyboardInterrupt)  # a second Ctrl+C: no waiting on the server
+        cause = hpsearch_cause(e)  # a callback's HpsearchError reaches us inside a TuneError
         # each on its own: a failing read in the first must not keep the parent RUNNING
         with contextlib.suppress(Exception):
             _close_unfinished(tracker, search_id, status)
         with contextlib.suppress(Exception):
-            tracker.set_tags(parent, {"error": f"{type(e).__name__}: {e}"[:4000]})
+            tracker.set_tags(parent, {"error": (str(cause) if cause is not None else
+                                                f"{type(e).__name__}: {e}")[:4000]})
         with contextlib.suppress(Exception):
             tracker.end_run(parent, status)
+        if cause is not None and cause is not e:
+            raise cause from None  # the CLI prints it as one line
         raise
     finally:
         tracker.close(spool, wait=not hurry)
@@ -233,6 +242,10 @@ def _train_env_defaults() -> None:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune saves its experiment state (what --resume restores: trials, their checkpoints, the
+    # searcher) at most every 10 s by default; a driver killed in between forgets what
+    # happened since. 1 s narrows that window at a small cost per save.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 
 def where_to_run(opts: SearchOptions) -> tuple[Target, Storage]:

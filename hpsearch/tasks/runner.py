@@ -7,6 +7,7 @@ metrics plus the checkpoint directory to a :class:`Reporter`. Ray-specific repor
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -33,6 +34,10 @@ from hpsearch.tasks.checkpoint import (
 from hpsearch.tasks.config import TrialConfig
 
 STAGING_PREFIX = "hpsearch-"  # + kind ("ckpt", "resume") + "-<host>-<pid>-<random>"
+# written last into every checkpoint directory: the epoch, the metrics reported with it and the
+# size of every other file, so a copy cut short (a process killed while Ray persisted it) is
+# told from a complete one without loading it (see checkpoint_report)
+REPORT_FILE = "report.json"
 
 
 def _host_tag() -> str:
@@ -155,11 +160,44 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
         try:
             if ckpt is not None:
                 save_checkpoint(ckpt, exp, epoch, best, best_state, reports)
+                write_report(ckpt, metrics)
             report(metrics, ckpt)  # Ray persists the checkpoint to storage before returning
         finally:  # also when report raises (a stopped trial); a killed one is swept later
             if ckpt is not None:
                 shutil.rmtree(ckpt, ignore_errors=True)
     return best
+
+
+def write_report(ckpt: Path, metrics: dict[str, float]) -> None:
+    """``ckpt/report.json``: the reported metrics and the size of every file written so far."""
+    files = {f.relative_to(ckpt).as_posix(): f.stat().st_size
+             for f in sorted(ckpt.rglob("*")) if f.is_file() and f.name != REPORT_FILE}
+    (ckpt / REPORT_FILE).write_text(json.dumps({"epoch": int(metrics["epoch"]),
+                                                "metrics": metrics, "files": files}))
+
+
+def checkpoint_report(ckpt: Path) -> dict[str, Any] | None:
+    """The ``report.json`` of a complete checkpoint directory (every file it lists present at
+    its size), else None: no report (written before reports existed, or cut short before it
+    was copied) or a file missing or shorter than when it was saved."""
+    try:
+        rep = json.loads((Path(ckpt) / REPORT_FILE).read_text())
+        complete = all((Path(ckpt) / name).stat().st_size == size
+                       for name, size in rep["files"].items())
+        return rep if complete and isinstance(rep.get("epoch"), int) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def newest_checkpoint(dirs: list[Path]) -> tuple[Path, dict[str, Any]] | None:
+    """The complete checkpoint directory with the highest epoch among ``dirs`` (the latest
+    name on a tie) and its report; None when none is complete."""
+    best: tuple[int, str, Path, dict[str, Any]] | None = None
+    for d in dirs:
+        rep = checkpoint_report(d)
+        if rep is not None and (best is None or (rep["epoch"], d.name) > best[:2]):
+            best = (rep["epoch"], d.name, d, rep)
+    return (best[2], best[3]) if best else None
 
 
 def _cpu_copy(state: Any) -> Any:
