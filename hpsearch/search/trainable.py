@@ -44,6 +44,7 @@ from ray import tune
 from hpsearch.errors import HpsearchError
 from hpsearch.search.codec import BASE_KEY, trainer_storage, trial_config
 from hpsearch.tasks import RunContext, TrialConfig
+from hpsearch.tasks.base import trial_numerics
 from hpsearch.tasks.runner import checkpoint_report, newest_checkpoint, run_trial, staging_dir
 
 ERROR_KEY = "hpsearch_error"  # in a trial's terminal result: "<ErrorType>: message"
@@ -178,7 +179,6 @@ def _resume_point(ckpt: Any) -> tuple[Path | None, dict[str, Any] | None, bool]:
 
 def _run_in_process(cfg: TrialConfig) -> None:
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
     resume_dir, resumed, newer = _resume_point(tune.get_checkpoint())
     first = {RESUMED_KEY: resumed["epoch"]} if resumed else {}
 
@@ -191,7 +191,8 @@ def _run_in_process(cfg: TrialConfig) -> None:
     try:
         if resumed and newer:  # the result of that epoch may never have reached the driver
             report(dict(resumed["metrics"]), resume_dir)
-        run_trial(cfg, report, ctx=ctx, resume_from=resume_dir)
+        with trial_numerics(cfg, cpus):  # threads = the trial's CPUs; cfg.deterministic
+            run_trial(cfg, report, ctx=ctx, resume_from=resume_dir)
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
@@ -204,8 +205,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = TrialConfig.model_validate(loop_config["cfg"])
     tctx = ray.train.get_context()
     device = ray.train.torch.get_device() if cfg.resources.use_gpu else torch.device("cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     ctx = RunContext(device=device, rank=tctx.get_world_rank(),
                      world_size=tctx.get_world_size())
     resume_dir = None
@@ -220,7 +219,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
     try:
-        run_trial(cfg, report, ctx=ctx, resume_from=resume_dir)
+        with trial_numerics(cfg, cfg.resources.cpus_per_worker if device.type == "cpu"
+                            else None):
+            run_trial(cfg, report, ctx=ctx, resume_from=resume_dir)
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
