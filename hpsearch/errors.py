@@ -31,6 +31,10 @@ class TrackingError(HpsearchError):
     """The MLflow tracking store cannot be reached or holds unexpected data."""
 
 
+class ClusterError(HpsearchError):
+    """The Ray cluster cannot be joined, or cannot ever run the search's trials."""
+
+
 class ExportError(HpsearchError):
     """An export bundle is missing, corrupt or does not match its checksum."""
 

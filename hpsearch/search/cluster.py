@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hpsearch.config import ResourceConfig
-from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.errors import ClusterError, ConfigError
 from hpsearch.provenance import PACKAGE_DIR
 
 PROBE_TIMEOUT_S = 5.0
@@ -52,10 +52,6 @@ GET_TOKEN = "`ray get-auth-token` on a node of the cluster prints it"
 # what never travels to the workers with the package
 PY_MODULE_EXCLUDES = ["__pycache__/", "*.pyc", ".mypy_cache/", ".ruff_cache/",
                       ".pytest_cache/", ".ipynb_checkpoints/"]
-
-
-class ClusterError(HpsearchError):
-    """The Ray cluster cannot be joined, or cannot ever run the search's trials."""
 
 
 # ---------------------------------------------------------------------- the address
