@@ -12,8 +12,9 @@ server restarts. Every :class:`Tracker` of one URI in a process shares one chann
 (:class:`_Channel`): the tuner's tracker and the Tune callback's write in one order.
 
 * Writes (``log_metrics``, ``log_params``, ``set_tags``, ``log_dict``, ``log_artifacts``,
-  ``end_run`` and the creation of a trial's run in ``trial_run``) go straight to the server while
-  it answers. When one fails because the server is unreachable (connection refused or reset,
+  ``log_artifact``, ``log_dataset``, ``end_run`` and the creation of a trial's run in
+  ``trial_run``) go straight to the server while it answers. When one fails because the
+  server is unreachable (connection refused or reset,
   timeout, HTTP 5xx or 429) it joins a write-ahead queue, the driver prints one line
   (``hpsearch: MLflow at URI unreachable since HH:MM:SS ...; buffering ...``) and returns at
   once, so Tune's loop and the trials go on. Every later write queues behind it (order is
@@ -60,9 +61,13 @@ from typing import Any
 
 from hpsearch.errors import TrackingError
 from hpsearch.tasks.checkpoint import BEST_FILE, CHECKPOINT_FILE
+from hpsearch.tracking.model import save_model
 
 TAG = "hpsearch."
 CONFIG_ARTIFACT = "config.json"  # every trial run's fully resolved trial config
+BUNDLE_ARTIFACT = "bundle"  # a registered run's export bundle, as exported
+MODEL_ARTIFACT = "model"  # ... and the MLflow model (MLmodel) wrapping it: the version's source
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag: training, evaluation, ...
 DEFAULT_DB = Path("results") / "mlflow.db"
 PENDING = "pending-"  # prefix of the placeholder id of a run whose creation is queued
 SPOOL_VERSION = 1
@@ -217,7 +222,9 @@ class _Channel:
 
     ``create`` (ref, exp, art_root, find, tags, name, start), ``batch`` (run, metrics
     ``[[key, value, timestamp_ms, step]]``, params ``[[k, v]]``, tags ``[[k, v]]``),
-    ``terminate`` (run, status, end), ``artifacts`` (run, dir, path), ``dict`` (run, data, name).
+    ``terminate`` (run, status, end), ``artifacts`` (run, dir, path), ``artifact`` (run, file,
+    path: one file), ``dict`` (run, data, name), ``dataset`` (run, name, digest, source_type,
+    source, schema, profile, context: an MLflow dataset input).
     ``sent`` marks an op that may have reached the server before it failed.
     """
 
@@ -455,6 +462,8 @@ class _Channel:
             writes += 1
             if op["op"] == "artifacts" and op.get("owned"):
                 shutil.rmtree(op["dir"], ignore_errors=True)
+            elif op["op"] == "artifact" and op.get("owned"):  # its own copy's folder
+                shutil.rmtree(Path(op["file"]).parent, ignore_errors=True)
         self._drop_buffer_dir()
         self._back(points, writes)
 
@@ -508,8 +517,17 @@ class _Channel:
             self.client.set_terminated(run, status=op["status"], end_time=op.get("end"))
         elif kind == "artifacts":
             self.client.log_artifacts(run, op["dir"], artifact_path=op.get("path"))
+        elif kind == "artifact":
+            self.client.log_artifact(run, op["file"], artifact_path=op.get("path"))
         elif kind == "dict":
             self.client.log_dict(run, op["data"], op["name"])
+        elif kind == "dataset":  # the store keeps one input per (run, dataset): replay-safe
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            ds = Dataset(name=op["name"], digest=op["digest"], source_type=op["source_type"],
+                         source=op["source"], schema=op.get("schema"), profile=op.get("profile"))
+            self.client.log_inputs(run, datasets=[DatasetInput(ds, tags=[
+                InputTag(DATASET_CONTEXT_TAG, op["context"])])])
         else:
             raise TrackingError(f"unknown tracking write {kind!r}")
         return 0
@@ -536,6 +554,15 @@ class _Channel:
             dst = self.buffer_dir / uuid.uuid4().hex
             shutil.copytree(op["dir"], dst, symlinks=False)
             op = {**op, "dir": str(dst), "owned": True}
+        elif op["op"] == "artifact" and not op.get("owned"):
+            # a copy in a folder of its own: the upload keeps the file's name
+            if self.buffer_dir is None:
+                self.buffer_dir = Path(tempfile.mkdtemp(prefix="hpsearch-mlflow-buffer-"))
+            dst = self.buffer_dir / uuid.uuid4().hex
+            dst.mkdir()
+            copy = dst / Path(op["file"]).name
+            shutil.copy2(op["file"], copy)
+            op = {**op, "file": str(copy), "owned": True}
         elif op["op"] == "dict":
             op = {**op, "data": json.loads(json.dumps(op["data"]))}  # a snapshot
         self.queue.append(op)
@@ -563,6 +590,11 @@ class _Channel:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(op["dir"], dst)
                 op["dir"] = str(dst.relative_to(path.parent))
+            elif op["op"] == "artifact":
+                dst = art / f"{i:05d}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(Path(op["file"]).parent), dst)
+                op["file"] = str((dst / Path(op["file"]).name).relative_to(path.parent))
             lines.append(json.dumps(op))
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("\n".join(lines) + "\n")
@@ -634,6 +666,8 @@ def replay_spool(path: str | Path, uri: str | None = None) -> dict[str, int]:
     for i, op in enumerate(ops):
         if op["op"] == "artifacts":
             op["dir"] = str(p.parent / op["dir"])
+        elif op["op"] == "artifact":
+            op["file"] = str(p.parent / op["file"])
         try:
             if op["op"] == "create":
                 _, created = ch._create(op)
@@ -790,6 +824,34 @@ class Tracker:
     def log_artifacts(self, run_id: str, local_dir: str | Path, path: str | None = None) -> None:
         self._ch.write({"op": "artifacts", "run": run_id, "dir": str(local_dir), "path": path})
 
+    def log_artifact(self, run_id: str, local_file: str | Path,
+                     artifact_path: str | None = None) -> None:
+        """One file as an artifact of the run (under ``artifact_path``, keeping its name).
+        Queued like every write during an outage (a copy of the file is kept, so it may be
+        temporary)."""
+        if not Path(local_file).is_file():
+            raise TrackingError(f"log_artifact: {local_file} is not a file (log a directory "
+                                "with log_artifacts)")
+        self._ch.write({"op": "artifact", "run": run_id, "file": str(local_file),
+                        "path": artifact_path})
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str,
+                    profile: dict[str, Any], context: str = "training", *,
+                    source_type: str = "local", schema: dict[str, Any] | None = None) -> None:
+        """An MLflow dataset input of the run (the UI's Datasets column): ``name``, content
+        ``digest``, ``source`` (a URI or path, stored as MLflow's ``{"uri": ...}`` unless it
+        is a JSON object already), ``profile`` (e.g. counts per split) and ``schema`` as JSON,
+        tagged ``mlflow.data.context`` = ``context``. Queued like every write."""
+        try:
+            is_json = isinstance(json.loads(source), dict)
+        except ValueError:
+            is_json = False
+        self._ch.write({"op": "dataset", "run": run_id, "name": name, "digest": str(digest),
+                        "source_type": source_type,
+                        "source": source if is_json else json.dumps({"uri": str(source)}),
+                        "schema": None if schema is None else json.dumps(schema, default=str),
+                        "profile": json.dumps(profile, default=str), "context": context})
+
     def log_dict(self, run_id: str, data: dict[str, Any], name: str) -> None:
         """``data`` as the JSON artifact ``name`` of the run (e.g. its trial config)."""
         self._ch.write({"op": "dict", "run": run_id, "data": data, "name": name})
@@ -807,11 +869,19 @@ class Tracker:
             self._ch.resolve(run_id), path, str(dst))))
 
     def register_bundle(self, run_id: str, bundle_dir: str | Path, name: str) -> str:
-        """Upload an export bundle as the run's ``bundle/`` artifacts and register it as a new
-        version of model ``name`` in the MLflow Model Registry; returns the version."""
+        """Upload an export bundle to the run as the MLflow model of it (artifact path
+        ``model``: ``MLmodel``, signature, input example, the bundle itself as the model's
+        ``bundle`` artifact; :mod:`hpsearch.tracking.model`) and as the plain ``bundle/``
+        artifacts (as exported), and register the model as a new version of ``name`` in the
+        Model Registry: ``mlflow.pyfunc.load_model("models:/NAME/VERSION")`` and ``mlflow
+        models serve -m models:/NAME/VERSION`` load it. Returns the version."""
         run_id = self._read(lambda: self._ch.resolve(run_id))
-        # the version points at the uploaded files: uploaded now, not queued
-        self._read(lambda: self.client.log_artifacts(run_id, str(bundle_dir), "bundle"))
+        with tempfile.TemporaryDirectory(prefix="hpsearch-model-") as d:
+            local = save_model(bundle_dir, Path(d) / MODEL_ARTIFACT)
+            # the version points at the uploaded files: uploaded now, not queued
+            self._read(lambda: self.client.log_artifacts(run_id, str(bundle_dir),
+                                                         BUNDLE_ARTIFACT))
+            self._read(lambda: self.client.log_artifacts(run_id, str(local), MODEL_ARTIFACT))
         try:
             self._read(lambda: self.client.get_registered_model(name))
         except TrackingError:
@@ -821,7 +891,7 @@ class Tracker:
                 name, tags={f"{TAG}kind": "bundle"}))
         run = self._read(lambda: self.client.get_run(run_id))
         mv = self._read(lambda: self.client.create_model_version(
-            name, source=f"{run.info.artifact_uri}/bundle", run_id=run_id))
+            name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run_id))
         return str(mv.version)
 
     def checkpoint_dir(self, run_id: str, dst: str | Path) -> Path:
