@@ -29,6 +29,7 @@ from hpsearch.models import build_model
 from hpsearch.models.base import Head, HierarchicalClassifier
 from hpsearch.tasks.base import RunContext, require_family, seed_everything
 from hpsearch.tasks.classifier.loop import (
+    LabelCounts,
     collect_outputs,
     evaluate,
     leaf_similarity,
@@ -96,15 +97,19 @@ class ClassifierExperiment:
         batches = iterate_batches(split.images, split.level_labels, order,
                                   self.cfg.optim.batch_size, self.ctx.device,
                                   drop_last=len(order) > self.cfg.optim.batch_size)
+        counts = LabelCounts(self.hierarchy.num_nodes, self.ctx.device)
         stats = train_one_epoch(self.net, self.head, batches, self.pre_train, self.optimizer,
                                 level_weights=self.cfg.optim.level_weights,
                                 class_weights=self.class_weights, amp=self.amp,
-                                grad_clip=self.cfg.optim.grad_clip, generator=self.gen)
+                                grad_clip=self.cfg.optim.grad_clip, generator=self.gen,
+                                counts=counts)
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None:
             self.scheduler.step()
         if self.ctx.distributed:
-            stats = _mean_across_ranks(stats, self.ctx.device)
+            # counts summed: the exact F1 of all ranks' batches, not a mean of per-rank F1s
+            stats = _mean_across_ranks(stats, self.ctx.device, counts.counts)
+        stats.update(counts.f1())  # train_micro_f1 / train_macro_f1: the epoch's running F1
         return stats
 
     def outputs(self, split_name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +131,8 @@ class ClassifierExperiment:
     def evaluate(self, split: str) -> dict[str, float]:
         out, lab = self.outputs(split)
         return evaluate(self.head, out, lab, calibrate=split == "val", lca_heights=self._lca,
-                        retrieval_sim=self._sim)
+                        retrieval_sim=self._sim, level_weights=self.cfg.optim.level_weights,
+                        class_weights=self.class_weights)
 
     def reports(self, split: str) -> dict[str, str]:
         """Text artifacts for the best epoch: per-label F1 against training-set size
@@ -200,9 +206,13 @@ class PredictProgram(nn.Module):
         return torch.cat(probs, dim=-1)
 
 
-def _mean_across_ranks(stats: dict[str, float], device: torch.device) -> dict[str, float]:
+def _mean_across_ranks(stats: dict[str, float], device: torch.device,
+                       sums: torch.Tensor | None = None) -> dict[str, float]:
+    """``stats`` averaged over the ranks; ``sums`` (label counts) summed over them in place."""
     import torch.distributed as dist
 
+    if sums is not None:
+        dist.all_reduce(sums)
     keys = sorted(stats)
     t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)

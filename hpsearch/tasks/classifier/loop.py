@@ -25,17 +25,55 @@ from hpsearch.metrics.retrieval import balanced_accuracy, retrieval_metrics
 from hpsearch.models.base import Head
 
 
+class LabelCounts:
+    """Per-label TP/FP/FN over the training batches of one epoch (float64, on the device).
+
+    Train F1 comes from the forward passes the epoch does anyway: each batch's outputs, as the
+    head decides on them (``predict_multihot``, no gradient), are compared with the batch's
+    labels and only three ``[num_nodes]`` counters are kept, so the epoch's cost stays flat (no
+    second pass over the training set). It is therefore the running F1 of the epoch: train-mode
+    forward passes (augmentation, dropout, batch-norm statistics of the batch) while the weights
+    change, not the F1 of the end-of-epoch model on the training set.
+    """
+
+    def __init__(self, num_nodes: int, device: torch.device) -> None:
+        self.counts = torch.zeros(3, num_nodes, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def add(self, pred: Tensor, true: Tensor) -> None:
+        """Add one batch: bool multi-hot ``pred`` and ``true`` ``[B, num_nodes]``."""
+        pred, true = pred.bool(), true.bool()
+        self.counts[0] += (pred & true).sum(0)
+        self.counts[1] += (pred & ~true).sum(0)
+        self.counts[2] += (~pred & true).sum(0)
+
+    def f1(self) -> dict[str, float]:
+        """``micro_f1`` and ``macro_f1`` as :func:`hpsearch.metrics.classification.
+        prf_from_multihot` defines them (macro over labels with TP + FP + FN > 0)."""
+        tp, fp, fn = self.counts.cpu()
+        TP, FP, FN = tp.sum(), fp.sum(), fn.sum()
+        micro = float(2 * TP / (2 * TP + FP + FN)) if TP > 0 else 0.0
+        per = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1e-12),
+                          torch.zeros_like(tp))
+        active = (tp + fp + fn) > 0
+        macro = float(per[active].sum() / active.sum().clamp_min(1))
+        return {"micro_f1": micro, "macro_f1": macro}
+
+
 def train_one_epoch(model: nn.Module, head: Head, batches: Iterator[tuple[Tensor, Tensor]],
                     preprocess: Preprocess, optimizer: torch.optim.Optimizer, *,
                     level_weights: Sequence[float] | None = None,
                     class_weights: Sequence[Tensor] | None = None,
                     amp: bool = False, grad_clip: float | None = None,
-                    generator: torch.Generator | None = None) -> dict[str, float]:
+                    generator: torch.Generator | None = None,
+                    counts: LabelCounts | None = None) -> dict[str, float]:
     """One pass over ``batches``. Returns mean ``loss``, ``images``, ``epoch_time_s``,
-    ``images_per_s``. Raises :class:`NonFiniteLossError` on a NaN/inf loss."""
+    ``images_per_s``. Raises :class:`NonFiniteLossError` on a NaN/inf loss. With ``counts``,
+    every batch's predictions are also counted into it (train F1, see :class:`LabelCounts`)."""
     model.train()
     t0 = time.perf_counter()
     total, seen = torch.zeros((), dtype=torch.float64), 0
+    h = head.hierarchy
     for xb, yb in batches:
         x = preprocess(xb, generator)
         device_type = x.device.type
@@ -51,6 +89,9 @@ def train_one_epoch(model: nn.Module, head: Head, batches: Iterator[tuple[Tensor
         if grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if counts is not None:  # the outputs of this forward pass, before the step's update
+            counts.add(head.predict_multihot(out.detach().float()),
+                       levels_to_multihot(yb, h.offsets, h.num_nodes))
         total += loss.detach().double().cpu() * len(yb)
         seen += len(yb)
     dt = time.perf_counter() - t0
@@ -86,8 +127,14 @@ def leaf_similarity(h: Hierarchy) -> torch.Tensor | None:
 
 def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bool = False,
              lca_heights: np.ndarray | None = None,
-             retrieval_sim: Tensor | None = None) -> dict[str, float]:
+             retrieval_sim: Tensor | None = None,
+             level_weights: Sequence[float] | None = None,
+             class_weights: Sequence[Tensor] | None = None) -> dict[str, float]:
     """Metrics of a whole split from the gathered model outputs.
+
+    ``loss`` is the training loss (``head.loss`` with the same ``level_weights`` and
+    ``class_weights``) of these eval-mode outputs: one more reduction over outputs the
+    evaluation has anyway, so val/test loss curves cost no extra forward pass.
 
     Args:
         head: the model's head (decides how outputs become labels).
@@ -111,9 +158,13 @@ def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bo
                                  "set optim.grad_clip")
     if calibrate:
         head.calibrate(outputs, level_labels)
+    with torch.no_grad():
+        loss = (float(head.loss(outputs.float(), level_labels, level_weights=level_weights,
+                                class_weights=class_weights)) if len(outputs) else 0.0)
     pred = head.predict_multihot(outputs)
     true = levels_to_multihot(level_labels, h.offsets, h.num_nodes)
     metrics = level_metrics(pred, true, h.offsets, h.level_sizes)
+    metrics["loss"] = loss
 
     @functools.cache
     def decided() -> tuple[list[Tensor], Tensor]:  # read by both blocks below: computed once
