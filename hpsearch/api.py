@@ -7,6 +7,7 @@ brings Ray); everything here runs with torch and the MLflow client.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -25,6 +26,7 @@ from hpsearch.models import FAMILIES
 from hpsearch.models.hedging import accuracy_specificity_curve
 from hpsearch.provenance import code_version
 from hpsearch.report import hedge_curve_csv, plot_hedge_curve
+from hpsearch.search.objectives import OBJECTIVES_TAG, decode, pareto_front
 from hpsearch.tasks import (
     TASKS,
     DirectoryReporter,
@@ -252,3 +254,128 @@ def demo_images(bundle: Path, n: int = 4) -> tuple[list[str], list[list[str]]]:
         truth.append([h.names[h.global_index(lvl, int(x))]
                       for lvl, x in enumerate(test.level_labels[i])])
     return paths, truth
+
+
+# ---------------------------------------------------------------------- notebook API
+@dataclass(frozen=True)
+class Ranked:
+    """One trial run of :func:`best`: its id and name, its objectives' values at its best
+    epoch (``best_<metric>``), whether it is on the search's Pareto front, its searched
+    params."""
+
+    run_id: str
+    name: str
+    values: dict[str, float]
+    pareto: bool
+    status: str
+    params: dict[str, str]
+
+
+def search(space: str | Path | Any, **options: Any) -> Any:
+    """Run (or ``resume=True``: continue) a search from a YAML file or a loaded space;
+    keyword options are :class:`hpsearch.search.tuner.SearchOptions`' fields
+    (``num_samples``, ``max_epochs``, ``results_dir``, ``tracking_uri``, ``address``,
+    ``storage``, ``optuna_storage``, ``seed``, ``verbose``, ...). Returns its
+    ``SearchOutcome`` (``search_id``, ``experiment``, ``tracking_uri``, ``best``, ...).
+
+    Example::
+
+        import hpsearch.api as hp
+        out = hp.search("search_spaces/demo.yaml", num_samples=4, max_epochs=2)
+        for r in hp.best(out.experiment, tracking_uri=out.tracking_uri):
+            print(r.name, r.values)
+    """
+    from hpsearch.search.space import load_space  # Ray only when searching
+    from hpsearch.search.tuner import SearchOptions, run_search
+
+    space_file = None
+    if isinstance(space, str | Path):
+        space_file, space = str(space), load_space(space)
+    fields = {f.name for f in dataclasses.fields(SearchOptions)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ConfigError(f"search(): unknown option(s) {', '.join(unknown)}; allowed: "
+                          f"{', '.join(sorted(fields))}")
+    options.setdefault("space_file", space_file)
+    return run_search(space, SearchOptions(**options))
+
+
+def latest_search(tracking_uri: str | None = None, results_dir: str | Path = "results",
+                  experiment: str | None = None) -> tuple[Tracker, Any]:
+    """(tracker of its experiment, parent run) of the newest search in the store (in
+    ``experiment`` when given): what ``best`` and ``report`` use without ``--experiment``."""
+    t = open_tracker(tracking_uri, results_dir, experiment)
+    flt = f"tags.`{TAG}role` = 'search'"
+    if experiment is not None:
+        ids = [t.existing_experiment_id()]
+    else:
+        ids = [e.experiment_id for e in t.client.search_experiments()]
+    runs = t.client.search_runs(ids, filter_string=flt, order_by=["attributes.start_time DESC"],
+                                max_results=1) if ids else []
+    if not runs:
+        where = f"experiment {experiment!r}" if experiment else t.uri
+        raise HpsearchError(f"no hpsearch search in {where}; run 'hpsearch search' first")
+    parent = runs[0]
+    name = t.client.get_experiment(parent.info.experiment_id).name
+    return Tracker(t.uri, name), parent
+
+
+def objectives_of(parent: Any, metric: str | None = None, mode: str = "max"
+                  ) -> list[tuple[str, str]]:
+    """The search's objectives (its parent run's ``objectives`` tag); ``metric`` overrides
+    them with one."""
+    if metric:
+        return [(metric, mode)]
+    pairs = decode(parent.data.tags.get(f"{TAG}{OBJECTIVES_TAG}"))
+    return pairs or [(parent.data.tags.get(f"{TAG}metric") or "val_micro_f1", mode)]
+
+
+def best(experiment: str | None = None, *, tracking_uri: str | None = None,
+         results_dir: str | Path = "results", search_id: str | None = None,
+         metric: str | None = None, mode: str = "max", top: int = 5) -> list[Ranked]:
+    """The best trial runs of a search (default: the newest search of ``experiment``, or of
+    the store). Single objective: the ``top`` runs by it. Multi-objective: the whole Pareto
+    front first (every run not dominated at its best epoch), then the next runs by the
+    primary objective up to ``top``."""
+    t, parent = search_of(tracking_uri, results_dir, experiment, search_id)
+    sid = parent.data.tags.get(f"{TAG}search_id")
+    pairs = objectives_of(parent, metric, mode)
+    runs = t.best_runs(pairs[0][0], pairs[0][1], top=10_000 if len(pairs) > 1 else top,
+                       search_id=sid)
+    values = [{m: run.data.metrics.get(f"best_{m}", run.data.metrics.get(m, math.nan))
+               for m, _ in pairs} for run in runs]
+    front = set(pareto_front([[v[m] for m, _ in pairs] for v in values],
+                             [md for _, md in pairs])) if len(pairs) > 1 else set()
+    order = sorted(range(len(runs)), key=lambda i: (i not in front, i))
+    n = max(top, len(front))
+    return [Ranked(run_id=runs[i].info.run_id, name=runs[i].info.run_name or "",
+                   values=values[i], pareto=i in front, status=runs[i].info.status,
+                   params=dict(runs[i].data.params)) for i in order[:n]]
+
+
+def search_of(tracking_uri: str | None, results_dir: str | Path, experiment: str | None,
+               search_id: str | None) -> tuple[Tracker, Any]:
+    if search_id is None:
+        return latest_search(tracking_uri, results_dir, experiment)
+    t = open_tracker(tracking_uri, results_dir, experiment)
+    ids = ([t.existing_experiment_id()] if experiment else
+           [e.experiment_id for e in t.client.search_experiments()])
+    runs = t.client.search_runs(ids, filter_string=(
+        f"tags.`{TAG}role` = 'search' and tags.`{TAG}search_id` = '{search_id}'"),
+        max_results=1)
+    if not runs:
+        raise HpsearchError(f"no search {search_id!r} at {t.uri}; 'hpsearch best' without "
+                            "--search-id takes the newest")
+    name = t.client.get_experiment(runs[0].info.experiment_id).name
+    return Tracker(t.uri, name), runs[0]
+
+
+def export(run_id: str, out: str | Path, *, tracking_uri: str | None = None,
+           results_dir: str | Path = "results", register: str | None = None
+           ) -> tuple[Path, str | None]:
+    """Export trial run ``run_id`` as a bundle in ``out``; with ``register``, also log it as
+    an MLflow model and register it under that name. Returns (bundle, version or None)."""
+    t = open_tracker(tracking_uri, results_dir, None)
+    bundle = export_run(t, run_id, Path(out))
+    version = t.register_bundle(run_id, bundle, register) if register else None
+    return bundle, version

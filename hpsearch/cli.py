@@ -26,7 +26,7 @@ from hpsearch.class_embeddings import class_embeddings_command  # noqa: E402
 from hpsearch.data import DATASETS  # noqa: E402
 from hpsearch.errors import HpsearchError  # noqa: E402
 from hpsearch.models import BACKBONES, FAMILIES  # noqa: E402
-from hpsearch.report import best_table, hedge_curve_csv, run_report  # noqa: E402
+from hpsearch.report import best_table, hedge_curve_csv, run_report, write_report  # noqa: E402
 from hpsearch.search.space import load_space  # noqa: E402
 from hpsearch.tasks import TASKS, TrialConfig  # noqa: E402
 from hpsearch.tracking import Tracker, replay_spool  # noqa: E402
@@ -45,10 +45,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                          data_root=args.data_root, experiment=args.experiment,
                          tracking_uri=args.tracking_uri, address=args.address, seed=args.seed,
                          resume=args.resume, results_dir=args.results_dir,
-                         verbose=args.verbose, storage=args.storage)
+                         verbose=args.verbose, storage=args.storage,
+                         optuna_storage=args.optuna_storage, space_file=str(args.space))
     out = run_search(space, opts)
     print(f"\nsearch {out.search_id}: {out.num_trials} trials, {out.num_stopped_early} stopped "
-          f"early by ASHA, {out.num_errors} failed, {out.wall_s:.0f} s")
+          f"early by {space.scheduler}, {out.num_errors} failed, {out.wall_s:.0f} s")
     if out.interrupted:
         print(f"hpsearch: search interrupted ({out.num_unfinished} unfinished trial runs marked "
               f"KILLED in MLflow); continue it with: hpsearch search {args.space} --resume"
@@ -87,15 +88,52 @@ def _print_best(t: Tracker, metric: str, runs: list) -> None:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    t = api.open_tracker(args.tracking_uri, args.results_dir, args.experiment)
-    args.metric = args.metric or api.default_metric(t)
-    runs = t.best_runs(args.metric, args.mode, args.top, tie_break=args.tie_break,
-                       tie_break_mode=args.tie_break_mode)
-    if not runs:
-        raise HpsearchError(f"no trial runs with metric {args.metric!r} in experiment "
-                            f"{args.experiment!r}")
-    _print_best(t, args.metric, runs)
+    """The best runs: of the whole experiment with --experiment, of one search with
+    --search-id, else of the newest search in the store (and it says which). A multi-objective
+    search lists its Pareto front."""
+    if args.experiment and not args.search_id:
+        t = api.open_tracker(args.tracking_uri, args.results_dir, args.experiment)
+        args.metric = args.metric or api.default_metric(t)
+        runs = t.best_runs(args.metric, args.mode, args.top, tie_break=args.tie_break,
+                           tie_break_mode=args.tie_break_mode)
+        if not runs:
+            raise HpsearchError(f"no trial runs with metric {args.metric!r} in experiment "
+                                f"{args.experiment!r}")
+        _print_best(t, args.metric, runs)
+        return 0
+    t, parent = api.search_of(args.tracking_uri, args.results_dir, args.experiment,
+                               args.search_id)
+    sid = parent.data.tags.get("hpsearch.search_id")
+    pairs = api.objectives_of(parent, args.metric, args.mode)
+    print(f"search {sid} (experiment {t.experiment_name!r}"
+          + ("" if args.search_id else "; the newest, --search-id or --experiment to choose")
+          + ")")
+    if len(pairs) == 1:
+        metric = pairs[0][0]
+        runs = t.best_runs(metric, pairs[0][1], args.top, search_id=sid,
+                           tie_break=args.tie_break, tie_break_mode=args.tie_break_mode)
+        if not runs:
+            raise HpsearchError(f"no trial runs with metric {metric!r} in search {sid}")
+        _print_best(t, metric, runs)
+        return 0
+    ranked = api.best(t.experiment_name, tracking_uri=t.uri, search_id=sid, top=args.top)
+    print(pareto_table(pairs, ranked))
+    print("export one of the front with: hpsearch export RUN_ID --out DIR")
     return 0
+
+
+def pareto_table(pairs: list[tuple[str, str]], ranked: list) -> str:
+    """Multi-objective ranking: the Pareto front (marked *) first, each objective's value at
+    the run's best epoch."""
+    head = "".join(f"{f'{m} ({mode})':<26}" for m, mode in pairs)
+    lines = [f"{'front':<7}{head}{'run_id':<34}name"]
+    for r in ranked:
+        cells = "".join(f"{r.values[m]:<26.4f}" for m, _ in pairs)
+        lines.append(f"{'*' if r.pareto else '':<7}{cells}{r.run_id:<34}{r.name}")
+    n = sum(r.pareto for r in ranked)
+    lines.append(f"{n} run(s) on the Pareto front (no other run is at least as good in every "
+                 "objective and better in one)")
+    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -110,6 +148,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.register:
         version = t.register_bundle(args.run_id, out, args.register)
         print(f"registered as model {args.register!r} version {version} in the MLflow registry")
+        print(f"MLflow model: models:/{args.register}/{version} (serve it: mlflow models serve "
+              f"-m models:/{args.register}/{version} --env-manager local)")
     return 0
 
 
@@ -144,8 +184,22 @@ def cmd_hedge_curve(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Thesis-style tables for the best run(s) of an experiment, or one run, from MLflow."""
-    t = api.open_tracker(args.tracking_uri, args.results_dir, args.experiment)
+    """Thesis-style tables for the best run(s) of an experiment, or one run, from MLflow; with
+    --out, a search's whole report (Markdown + figures), logged on its parent run."""
+    if args.out:
+        t, parent = api.search_of(args.tracking_uri, args.results_dir, args.experiment,
+                                  args.search_id)
+        sid = parent.data.tags.get("hpsearch.search_id")
+        index = write_report(t, args.out, search_id=sid, split=args.split, top=args.top)
+        print(f"report of search {sid} (experiment {t.experiment_name!r}) -> {index}; logged "
+              "as report/ on the search's parent run")
+        return 0
+    if args.experiment is None and not args.run_id:
+        t, parent = api.search_of(args.tracking_uri, args.results_dir, None, args.search_id)
+        print(f"experiment {t.experiment_name!r} (of the newest search; --experiment to "
+              "choose)")
+    else:
+        t = api.open_tracker(args.tracking_uri, args.results_dir, args.experiment)
     if args.run_id:
         runs = [t.get_run(args.run_id)]
     else:
@@ -326,7 +380,10 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
 
 
 def _add_ranking(p: argparse.ArgumentParser, top: int) -> None:
-    p.add_argument("--experiment", default="demo", help="MLflow experiment to rank")
+    p.add_argument("--experiment", help="MLflow experiment to rank (default: the newest "
+                   "search in the store)")
+    p.add_argument("--search-id", help="rank the runs of this search (default: the newest "
+                   "search, of --experiment when given)")
     p.add_argument("--metric", help="rank by this metric (default: the task's, e.g. "
                    "val_micro_f1 for classifiers, val_edge_f1 for label embeddings)")
     p.add_argument("--mode", choices=["max", "min"], default="max",
@@ -354,6 +411,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", metavar="PATH_OR_URI", help="where Ray Tune keeps experiment "
                    "state and checkpoints: a path every node mounts, or file:// s3:// gs:// "
                    "(default: --results-dir/ray); --resume looks there")
+    p.add_argument("--optuna-storage", metavar="URL", help="Optuna RDB storage of the study "
+                   "(sqlite:///PATH, postgresql://...; default: the space's sampler.storage, "
+                   "else sqlite:///RESULTS_DIR/optuna.db); optuna-dashboard URL reads it")
     p.add_argument("--seed", type=int, help="sampler and training seed (default: the space's "
                    "sampler.seed)")
     p.add_argument("--resume", action="store_true", help="resume the newest unfinished "
@@ -384,6 +444,8 @@ def _results(sub) -> None:
     p = sub.add_parser("report", help="thesis-style per-level tables of the best runs")
     _add_ranking(p, top=1)
     p.add_argument("--run-id", help="report this run instead of the best ones")
+    p.add_argument("--out", metavar="DIR", help="write the search's report (index.md + PNG "
+                   "figures) to DIR and log it as report/ on its parent run")
     p.add_argument("--split", choices=["val", "test"], default="test",
                    help="split whose tables to print")
     p.add_argument("--extra", default=REPORT_EXTRA,
@@ -468,6 +530,7 @@ def _tools(sub) -> None:
 def build_parser() -> _Parser:
     ap = _Parser(prog="hpsearch", description="Hyperparameter search for hierarchical-label "
                  "image models (Ray Tune + Optuna + MLflow)")
+    ap.add_argument("--version", action="version", version=api.code_version())
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (_searching, _results, _models, _tools):
         group(sub)

@@ -189,7 +189,7 @@ def test_time_budget_ends_trials_finished_with_exportable_checkpoints(tmp_path):
     r = cli("search", str(f), "--results-dir", str(res), "--export-best", str(tmp_path / "b"),
             cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "0 stopped early by ASHA" in r.stdout
+    assert "0 stopped early by asha" in r.stdout
     db = res / "mlflow.db"
     runs = dict(trial_runs(db))
     assert runs and "RUNNING" not in runs.values(), runs

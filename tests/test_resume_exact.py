@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -206,7 +207,7 @@ def _crash_resume_retry_nan_and_asha(tmp_path: Path, space: Path, res: Path, db:
     out = r.stdout[-3000:] + r.stderr[-3000:]
     assert r.returncode == 0, out
     # the NaN trial counts as failed though Tune ended it normally (it was not retried)
-    assert "4 trials, 1 stopped early by ASHA, 1 failed" in r.stdout, out
+    assert "4 trials, 1 stopped early by asha, 1 failed" in r.stdout, out
     assert not _ray_daemons(ray_tmp), "Ray processes left after the resumed search"
 
     runs = _trial_runs(db)
@@ -235,6 +236,9 @@ def _crash_resume_retry_nan_and_asha(tmp_path: Path, space: Path, res: Path, db:
     assert status2 == "FINISHED" and tags2["hpsearch.status"] == "STOPPED", tags2
     assert tags2["hpsearch.stopped_by"] == "asha" and tags2["hpsearch.stopped_early"] == "true"
     assert tags2["hpsearch.epochs_run"] == "1", tags2
+    # MLflow has no "stopped" status: the run list says it in the run's name
+    assert re.fullmatch(r"\S+/\d+ per_level .*\[stopped by asha at epoch 1/\d+\]",
+                        tags2["mlflow.runName"]), tags2["mlflow.runName"]
     art = _q(db, "select artifact_uri from runs where run_uuid = ?", rid2)[0][0]
     assert (Path(art.removeprefix("file://")) / "checkpoint" / "best.pt").is_file()
     # the NaN trial: one attempt, FAILED with the error, not retried; the search went on

@@ -7,6 +7,7 @@ and all trials on a node share the page cache. Labels are per-level *local* indi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -79,3 +80,27 @@ def load_dataset(cfg: DataConfig) -> HierDataset:
                         "class (e.g. a larger data.params.limit_per_class) or a larger "
                         "data.val_fraction")
     return ds
+
+
+def dataset_profile(ds: HierDataset, cfg: DataConfig) -> dict:
+    """What identifies the data a search trained on, for MLflow's dataset inputs: a digest of
+    the data config, the split sizes, the hierarchy's labels and every split's labels and ids
+    (not the pixels: hashing a 50k-image array at every search start costs seconds; a change
+    of the images on disk changes the loaders' cache keys, and the split ids), the split
+    sizes and the labels per level."""
+    h = hashlib.sha256()
+    h.update(cfg.model_dump_json().encode())
+    h.update("\n".join(ds.hierarchy.names).encode())
+    sizes = {}
+    for name in ("train", "val", "test"):
+        s = ds.split(name)
+        sizes[name] = len(s)
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(s.level_labels).tobytes())
+        h.update(str(s.images.shape).encode())
+        h.update("\n".join(s.ids).encode())
+    return {"name": ds.name, "digest": h.hexdigest()[:16],
+            "profile": {"num_train": sizes["train"], "num_val": sizes["val"],
+                        "num_test": sizes["test"],
+                        "labels_per_level": [int(n) for n in ds.hierarchy.level_sizes],
+                        "image_shape": list(ds.train.images.shape[1:])}}

@@ -31,8 +31,8 @@ from typing import Any
 from ray.tune import Callback
 
 from hpsearch.errors import ConfigError, HpsearchError, TrackingError
-from hpsearch.provenance import code_version
-from hpsearch.search.codec import trial_config
+from hpsearch.provenance import code_version, git_commit
+from hpsearch.search.codec import sampled, trial_config
 from hpsearch.search.trainable import (
     ERROR_KEY,
     ERROR_KIND_KEY,
@@ -51,11 +51,16 @@ STEP_KEY = "epoch"  # logged at every step: its history says which steps a run h
 
 class MLflowTrialCallback(Callback):
     def __init__(self, uri: str, experiment: str, search_id: str, parent_run_id: str, *,
-                 family: str, dataset: str, max_epochs: int, scheduler: str = "asha") -> None:
+                 family: str, dataset: str, max_epochs: int, scheduler: str = "asha",
+                 dataset_input: dict[str, Any] | None = None) -> None:
         self.uri, self.experiment, self.search_id = uri, experiment, search_id
         self.parent_run_id = parent_run_id
         self.family, self.dataset, self.max_epochs = family, dataset, max_epochs
         self.scheduler = scheduler
+        # Tracker.log_dataset's arguments: every trial run lists the dataset it trained on
+        self.dataset_input = dataset_input
+        self._names: dict[str, str] = {}
+        self._numbers: dict[str, int] = {}
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
         self._steps: dict[str, set[int]] = {}  # steps each open run has in MLflow
@@ -98,14 +103,30 @@ class MLflowTrialCallback(Callback):
             where = getattr(e, "filename", None) or self.uri.removeprefix("sqlite:///")
             raise TrackingError(disk_full_message(where, doing)) from None
 
-    def _run(self, trial: Any) -> str:
+    def _number(self, trial: Any, trials: list | None) -> int:
+        """The trial's 1-based number: its place in Tune's trial list (creation order, kept
+        across a restore; the Optuna trial number + 1)."""
+        n = self._numbers.get(trial.trial_id)
+        if n is None:
+            n = (trials.index(trial) + 1 if trials is not None and trial in trials
+                 else len(self._numbers) + 1)
+            self._numbers[trial.trial_id] = n
+        return n
+
+    def _run(self, trial: Any, trials: list | None = None) -> str:
         rid = self._runs.get(trial.trial_id)
         if rid is None:
+            number = self._number(trial, trials)
+            name = run_name(self.search_id, number, trial, self.family)
+            self._names[trial.trial_id] = name
             rid, created = self.tracker.trial_run(
-                self.parent_run_id, self.search_id, trial.trial_id, name=str(trial),
+                self.parent_run_id, self.search_id, trial.trial_id, name=name,
                 tags={"family": self.family, "dataset": self.dataset,
-                      "code_version": code_version()})
+                      "code_version": code_version(), "trial_no": number})
             if created:
+                self.tracker.set_tags(rid, source_tags())
+                if self.dataset_input:
+                    self.tracker.log_dataset(rid, **self.dataset_input)
                 self._steps[trial.trial_id] = set()
                 try:
                     cfg = trial_config(trial.config)
@@ -127,11 +148,11 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         with self._store("opening a trial run"):
-            self._run(trial)
+            self._run(trial, trials)
 
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         with self._store("opening a trial run"):
-            self._run(trial)
+            self._run(trial, trials)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune retries the trial (an infrastructure failure): say so on its run."""
@@ -191,6 +212,11 @@ class MLflowTrialCallback(Callback):
             elif status == "FINISHED" and epoch < self.max_epochs:
                 tags.update(stopped_early="true", stopped_by=self.scheduler)
                 label = STOPPED
+                # MLflow's statuses have no "stopped": the run list shows it in the name
+                name = self._names.get(trial.trial_id) or run_name(
+                    self.search_id, self._number(trial, None), trial, self.family)
+                tags["mlflow.runName"] = (f"{name} [stopped by {self.scheduler} at epoch "
+                                          f"{epoch}/{self.max_epochs}]")
             if error:
                 tags["error"] = error[:4000]
             close_trial_run(self.tracker, rid, status, epoch, ckpt, tags, label=label)
@@ -204,6 +230,31 @@ class MLflowTrialCallback(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "FAILED", _error_text(trial)
                      or "trial raised an error (see its Ray trial dir)")
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def run_name(search_id: str, number: int, trial: Any, family: str, max_values: int = 4) -> str:
+    """``<search>/<trial-no> <family> lr=0.0123 optimizer=sgd …``: what the MLflow run list
+    shows instead of Tune's ``tune_trainable_<id>``. The values are the trial's sampled ones
+    (conditional ones only where sampled), by the last part of their key, in space order."""
+    values = sampled(getattr(trial, "config", {}) or {})
+    parts = [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in list(values.items())[:max_values]]
+    return " ".join([f"{search_id}/{number}", family, *parts])
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags (the UI's "Source" and "Git commit")."""
+    sha = git_commit()
+    tags = {"mlflow.source.name": "hpsearch", "mlflow.source.type": "JOB"}
+    if sha:
+        tags["mlflow.source.git.commit"] = sha.removesuffix("-dirty")
+        tags["git_commit"] = sha  # with "-dirty" when the checkout had uncommitted changes
+    return tags
 
 
 def _error_text(trial: Any) -> str | None:

@@ -110,11 +110,40 @@ class Budget(_Strict):
     time_budget_s: float | None = Field(None, gt=0)
 
 
+# Optuna's samplers a space can name (hpsearch.search.samplers builds them); which of them
+# handle several objectives at once
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid", "nsga2", "qmc")
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "gp", "grid", "nsga2", "qmc")
+SCHEDULERS = ("asha", "hyperband", "median", "fifo")
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+
 class Sampler(_Strict):
-    type: Literal["tpe", "random"] = "tpe"
+    type: Literal["tpe", "random", "cmaes", "gp", "grid", "nsga2", "qmc"] = "tpe"
     seed: int = 0
-    n_startup_trials: int = Field(4, ge=0)
-    multivariate: bool = True
+    n_startup_trials: int = Field(4, ge=0)  # tpe, gp, cmaes: random trials before modelling
+    multivariate: bool = True  # tpe: one joint density over the dimensions
+    # tpe: trials running in parallel count as bad guesses while they run, so concurrent
+    # trials are not all sent to the same spot (None: on when more than one runs at once)
+    constant_liar: bool | None = None
+    population_size: int = Field(8, ge=2)  # nsga2: individuals per generation
+    # where the Optuna study lives (None: sqlite beside MLflow's store in --results-dir);
+    # optuna-dashboard, optuna.visualization and 'hpsearch report' read it from there
+    storage: str | None = None
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Sampler:
+        if self.storage is not None:
+            scheme = self.storage.split(":", 1)[0].split("+", 1)[0]
+            if scheme not in STORAGE_SCHEMES or "://" not in self.storage:
+                raise ValueError(f"storage {self.storage!r}: an Optuna RDB storage URL is "
+                                 f"needed ({', '.join(s + '://...' for s in STORAGE_SCHEMES)})")
+        return self
+
+
+class Objective(_Strict):
+    metric: str
+    mode: Literal["max", "min"] = "max"
 
 
 class SearchSpace(_Strict):
@@ -128,8 +157,17 @@ class SearchSpace(_Strict):
     mode: Literal["max", "min"] = "max"
     tie_break: str | None = None  # second criterion when `metric` ties (best epoch and best run)
     tie_break_mode: Literal["max", "min"] = "max"
-    scheduler: Literal["asha", "fifo"] = "asha"
+    # several objectives at once (e.g. micro vs macro F1): Optuna gets every one's value at
+    # the best epoch of the first, the search's result is their Pareto front; the first is
+    # `metric` (it picks each trial's best epoch and drives early stopping)
+    objectives: list[Objective] | None = None
+    # asha (async successive halving), hyperband (synchronous; with TPE, BOHB-style), median
+    # (median stopping rule), fifo (no early stopping)
+    scheduler: Literal["asha", "hyperband", "median", "fifo"] = "asha"
     sampler: Sampler = Field(default_factory=Sampler)
+    # warm start: configurations the search tries first ({searched.key: value}; a key left
+    # out is sampled), e.g. the defaults of a paper
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget)
     resources: ResourceConfig = Field(default_factory=ResourceConfig)
     description: str = ""
@@ -141,6 +179,7 @@ class SearchSpace(_Strict):
             "model.family": self.family,
             "metric": self.metric, "mode": self.mode,
             "tie_break": self.tie_break, "tie_break_mode": self.tie_break_mode,
+            "secondary_metrics": [o.metric for o in (self.objectives or [])[1:]],
             "optim.epochs": self.budget.max_epochs,
             **{f"resources.{k}": v for k, v in self.resources.model_dump().items()},
         }
@@ -154,6 +193,17 @@ class SearchSpace(_Strict):
                 ) -> TrialConfig:
         """The trial config of ``sampled`` values (as Optuna stores them) in this space."""
         return resolve(self.base_tree(overrides), sampled)
+
+    @property
+    def objective_pairs(self) -> list[tuple[str, str]]:
+        """``[(metric, mode), ...]``: every objective, the primary first (one when single)."""
+        if self.objectives:
+            return [(o.metric, o.mode) for o in self.objectives]
+        return [(str(self.metric), self.mode)]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_pairs) > 1
 
     @property
     def data_label(self) -> str:
@@ -189,6 +239,7 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
         space = SearchSpace.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{where}: {one_line(e, SearchSpace)}") from None
+    space = _check_objectives(space, where)
     if space.metric is None and space.family in FAMILIES:
         task = TASKS.get(FAMILIES.get(space.family).task)
         space = space.model_copy(update={"metric": task.default_metric})
@@ -214,6 +265,8 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
                     raise ConfigError(f"{where}: search.{key}.when: {cond} = {w!r} can never "
                                       f"be sampled ({cond} is {can}), so {key} would never "
                                       "be searched")
+    _check_sampler(space, where)
+    _check_points(space, where)
     # the fixed values alone (every searched key at its default): an error naming a fixed key
     # is that key's, not the searched value's that happens to be resolved with it
     fixed_error = _fixed_error(space)
@@ -238,6 +291,87 @@ def validate_space(raw: dict[str, Any], *, where: str = "search space",
         except ConfigError as e:
             raise ConfigError(f"{where}: {'fixed.' if fixed_error else ''}{e}") from None
     return space
+
+
+def _check_objectives(space: SearchSpace, where: str) -> SearchSpace:
+    """``objectives`` sets ``metric``/``mode`` to its first entry (a ``metric`` given beside it
+    must be that one); at least two, all different."""
+    if space.objectives is None:
+        return space
+    names = [o.metric for o in space.objectives]
+    if len(names) < 2:
+        raise ConfigError(f"{where}: objectives: a multi-objective search needs at least two; "
+                          "for one, give 'metric' and 'mode' instead")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: objectives: {names} names a metric twice")
+    first = space.objectives[0]
+    if space.metric is not None and space.metric != first.metric:
+        raise ConfigError(f"{where}: metric: {space.metric!r} differs from the first objective "
+                          f"{first.metric!r}; drop 'metric' (the first objective is the primary "
+                          "one) or list it first")
+    for o in space.objectives:
+        if not o.metric.startswith("val_"):
+            raise ConfigError(f"{where}: objectives: {o.metric!r} must be a validation metric "
+                              "such as 'val_macro_f1'")
+    return space.model_copy(update={"metric": first.metric, "mode": first.mode})
+
+
+def _check_sampler(space: SearchSpace, where: str) -> None:
+    kind = space.sampler.type
+    if space.multi_objective and kind not in MULTI_OBJECTIVE_SAMPLERS:
+        allowed = ", ".join(MULTI_OBJECTIVE_SAMPLERS)
+        raise ConfigError(f"{where}: sampler.type: {kind!r} optimises one objective; a "
+                          f"multi-objective search takes one of {allowed} (nsga2 or tpe are "
+                          "the usual ones)")
+    if kind == "grid":
+        if not space.search:
+            raise ConfigError(f"{where}: sampler.type: grid needs searched dimensions")
+        for key, dim in space.search.items():
+            if dim.type not in ("categorical", "int") or (
+                    dim.type == "int" and (dim.high - dim.low) / (dim.step or 1) > 1000):
+                raise ConfigError(f"{where}: search.{key}: a grid search enumerates values; "
+                                  f"give {key} as 'type: categorical' with its grid points "
+                                  "(or a small int range)")
+        if space.points_to_evaluate:
+            raise ConfigError(f"{where}: points_to_evaluate: a grid search visits every point "
+                              "of its grid already; drop points_to_evaluate")
+
+
+def grid_values(space: SearchSpace) -> dict[str, list[Any]]:
+    """Optuna's ``GridSampler`` search space: every value of every searched dimension, as the
+    define-by-run suggests them (categorical choices encoded)."""
+    out: dict[str, list[Any]] = {}
+    for key, dim in space.search.items():
+        if dim.type == "categorical":
+            out[key] = [encode_choice(c) for c in dim.choices or []]
+        else:
+            out[key] = list(range(int(dim.low), int(dim.high) + 1, int(dim.step or 1)))
+    return out
+
+
+def _check_points(space: SearchSpace, where: str) -> None:
+    """Every warm-start point names searched keys with values their dimension can take."""
+    for i, point in enumerate(space.points_to_evaluate):
+        for key, value in point.items():
+            if key not in space.search:
+                raise ConfigError(f"{where}: points_to_evaluate[{i}]: {key!r} is not a searched "
+                                  f"dimension; allowed: {', '.join(space.search)}")
+            if not space.search[key].admits(value):
+                dim = space.search[key]
+                can = (f"one of {dim.choices}" if dim.type == "categorical" else
+                       f"in [{dim.low}, {dim.high}]")
+                raise ConfigError(f"{where}: points_to_evaluate[{i}]: {key}={value!r} is not "
+                                  f"in the space ({key} is {can})")
+        try:
+            space.resolve(encoded_point(point))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: points_to_evaluate[{i}] is not a valid config: "
+                              f"{e}") from None
+
+
+def encoded_point(point: dict[str, Any]) -> dict[str, Any]:
+    """A warm-start point as Optuna stores its values (categorical choices encoded)."""
+    return {k: encode_choice(v) for k, v in point.items()}
 
 
 def _fixed_error(space: SearchSpace) -> str | None:

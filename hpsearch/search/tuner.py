@@ -26,18 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
+from hpsearch.data import load_dataset
+from hpsearch.data.base import dataset_profile
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.provenance import code_version
-from hpsearch.search import cluster
+from hpsearch.search import cluster, samplers
 from hpsearch.search.callbacks import (
     MLflowTrialCallback,
     failed_trials,
     finish_open_trials,
     hpsearch_cause,
+    source_tags,
 )
 from hpsearch.search.cluster import Storage, Target
 from hpsearch.search.codec import constants
-from hpsearch.search.space import DefineByRun, SearchSpace
+from hpsearch.search.objectives import OBJECTIVES_TAG, encode
+from hpsearch.search.space import DefineByRun, SearchSpace, encoded_point
 from hpsearch.search.trainable import tune_trainable
 from hpsearch.tasks.runner import check_metrics, sweep_staging
 from hpsearch.tracking import Tracker, default_tracking_uri
@@ -56,6 +60,9 @@ class SearchOptions:
     results_dir: str = "results"
     verbose: int = 1
     storage: str | None = None  # Tune's storage: path or URI (default: results_dir/ray)
+    optuna_storage: str | None = None  # Optuna's RDB storage URL (default: the space's, else
+    # sqlite:///<results_dir>/optuna.db)
+    space_file: str | None = None  # the YAML the space came from (an artifact of the parent)
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,9 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         resume_path, meta = _resumable(storage, space.name)
         opts = _resume_options(space, opts, meta, resume_path.name)
     tracker, base_cfg, overrides = preflight(space, opts)
+    optuna_url = samplers.storage_url(space, opts.results_dir, opts.optuna_storage)
+    samplers.open_storage(optuna_url)  # a bad URL is one line now, not after the parent run
+    data_input = dataset_input(space, base_cfg)
     _init_ray(opts, target)
     check_cluster_fits(space, target)  # before any MLflow run or Ray dir of this search
     storage.mkdir()
@@ -172,10 +182,19 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
                     storage)
     parent = tracker.search_run(search_id, search_id, tags={
         "family": space.family, "dataset": space.data_label, "metric": space.metric,
-        "code_version": code_version(), "storage": storage.display},
+        "code_version": code_version(), "storage": storage.display,
+        OBJECTIVES_TAG: encode(space.objective_pairs),
+        "optuna_storage": samplers.redact(optuna_url), "optuna_study": search_id},
         params=_search_params(space, opts, num_samples, max_epochs, max_conc))
     if resume_path is not None:  # the parent keeps the version it started with
         tracker.set_tags(parent, {"code_version_resumed": code_version()})
+    else:
+        tracker.set_tags(parent, source_tags())
+        tracker.log_dict(parent, space.model_dump(mode="json"), SPACE_ARTIFACT)
+        if opts.space_file:
+            tracker.log_artifact(parent, opts.space_file)
+        if data_input:
+            tracker.log_dataset(parent, **data_input)
     # what an MLflow outage kept from the server when the search ends (Tracker.close)
     spool = Path(opts.results_dir).resolve() / f"mlflow-spool-{search_id}.jsonl"
     hurry = False
@@ -184,14 +203,15 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
 
         callback = MLflowTrialCallback(tracker.uri, tracker.experiment_name, search_id, parent,
                                        family=space.family, dataset=space.data_label,
-                                       max_epochs=max_epochs, scheduler=space.scheduler)
+                                       max_epochs=max_epochs, scheduler=space.scheduler,
+                                       dataset_input=data_input)
         if resume_path is not None:
             tuner = tune.Tuner.restore(str(resume_path), trainable=trainable,
                                        resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=storage.filesystem())
         else:
             tuner = _new_tuner(space, opts, trainable, callback, search_id, storage, overrides,
-                               num_samples, max_epochs, max_conc)
+                               num_samples, max_epochs, max_conc, optuna_url)
         with _interruptible() as interrupt:
             grid = tuner.fit()
         sweep_staging()  # checkpoint dirs of trials killed on this node while reporting
@@ -233,6 +253,20 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         raise
     finally:
         tracker.close(spool, wait=not hurry)
+
+
+SPACE_ARTIFACT = "space.json"  # the validated space, on the parent run
+
+
+def dataset_input(space: SearchSpace, cfg: Any) -> dict[str, Any] | None:
+    """``Tracker.log_dataset``'s arguments for the image dataset of a search (None for the
+    label-only families, which read a label source instead): its name, digest, source and
+    split sizes (:func:`hpsearch.data.base.dataset_profile`). The data loads from the cache
+    the pre-flight built."""
+    if space.dataset is None:
+        return None
+    prof = dataset_profile(load_dataset(cfg.data), cfg.data)
+    return {**prof, "source": cfg.data.root or f"embedded:{cfg.data.name}"}
 
 
 def _train_env_defaults() -> None:
@@ -321,6 +355,10 @@ def _search_params(space: SearchSpace, opts: SearchOptions, num_samples: int, ma
     """The parent run's params: the search's settings and every searched dimension."""
     return {"space": space.name, "num_samples": num_samples, "max_epochs": max_epochs,
             "scheduler": space.scheduler, "sampler": space.sampler.type,
+            "grace_period": space.budget.grace_period,
+            "reduction_factor": space.budget.reduction_factor,
+            "objectives": ",".join(f"{m}:{mode}" for m, mode in space.objective_pairs),
+            "points_to_evaluate": len(space.points_to_evaluate),
             "sampler.seed": space.sampler.seed if opts.seed is None else opts.seed,
             "max_concurrent": max_conc,
             **{f"search.{k}": v.model_dump_json(exclude_none=True)
@@ -344,32 +382,22 @@ def _best_of(grid: Any, space: SearchSpace) -> dict[str, Any] | None:
 
 def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback: Any,
                search_id: str, storage: Storage, overrides: dict[str, Any], num_samples: int,
-               max_epochs: int, max_conc: int) -> Any:
-    """The ``tune.Tuner`` of a new search: seeded Optuna sampler, ASHA or FIFO, the MLflow
-    callback, checkpoints kept per trial."""
-    import optuna
+               max_epochs: int, max_conc: int, optuna_url: str) -> Any:
+    """The ``tune.Tuner`` of a new search: the space's seeded Optuna sampler with its study in
+    the storage at ``optuna_url`` (named ``search_id``), its Tune scheduler, warm-start points,
+    the MLflow callback, checkpoints kept per trial."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     carried = constants(space.base_tree(overrides), storage.uri("train"))
     seed = space.sampler.seed if opts.seed is None else opts.seed
-    if space.sampler.type == "tpe":
-        sampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=space.sampler.n_startup_trials,
-            multivariate=space.sampler.multivariate)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-
-    searcher = OptunaSearch(space=DefineByRun(space, carried), metric=space.metric,
-                            mode=space.mode, sampler=sampler)
-    if space.scheduler == "asha":
-        # "epoch" (not training_iteration) so rungs stay in epochs with optim.eval_every > 1
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
-                                  grace_period=min(space.budget.grace_period, max_epochs),
-                                  reduction_factor=space.budget.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    metric, mode = samplers.searcher_metrics(space)
+    searcher = OptunaSearch(
+        space=DefineByRun(space, carried), metric=metric, mode=mode,
+        sampler=samplers.make_sampler(space, seed, max_conc),
+        study_name=search_id, storage=samplers.open_storage(optuna_url),
+        points_to_evaluate=[encoded_point(p) for p in space.points_to_evaluate] or None)
+    scheduler = samplers.make_scheduler(space, max_epochs)
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "ep", space.metric: space.metric,
                         "train_loss": "loss"},

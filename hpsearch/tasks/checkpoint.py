@@ -43,6 +43,8 @@ class BestSoFar:
     epoch: int = -1
     test: dict[str, float] | None = None
     tie: float = math.nan  # the tie-break metric at the best epoch (NaN: none configured)
+    # the other objectives at the best epoch (TrialConfig.secondary_metrics), by name
+    secondary: dict[str, float] | None = None
 
     def improves(self, v: float, mode: str, tie: float = math.nan,
                  tie_mode: str = "max") -> bool:

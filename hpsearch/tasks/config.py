@@ -52,6 +52,9 @@ class TrialConfig(BaseModel):
     # equal ``metric`` and a better ``tie_break`` becomes the best one; None keeps the earliest
     tie_break: str | None = None
     tie_break_mode: Literal["max", "min"] = "max"
+    # the other objectives of a multi-objective search: reported at the best epoch of
+    # ``metric`` as ``best_<name>`` (one checkpoint per trial, so one point per trial)
+    secondary_metrics: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -80,6 +83,15 @@ class TrialConfig(BaseModel):
     def _metric_prefix(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("val_", "train_")):
             raise ValueError(f"metric {v!r} must be a validation metric such as 'val_micro_f1'")
+        return v
+
+    @field_validator("secondary_metrics")
+    @classmethod
+    def _secondary_prefix(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if not m.startswith("val_"):
+                raise ValueError(f"objective {m!r} must be a validation metric such as "
+                                 "'val_macro_f1'")
         return v
 
     # ------------------------------------------------------------------ dotted keys

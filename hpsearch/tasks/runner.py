@@ -96,7 +96,8 @@ def require_metrics(cfg: TrialConfig, names: set[str]) -> None:
     """``cfg.metric`` and ``cfg.tie_break`` must be among the metric names (without ``val_``)
     the family evaluates, else :class:`ConfigError` listing the ones it has."""
 
-    for what, m in (("metric", cfg.metric), ("tie_break", cfg.tie_break)):
+    for what, m in (("metric", cfg.metric), ("tie_break", cfg.tie_break),
+                    *(("objectives", o) for o in cfg.secondary_metrics)):
         if m is not None and m.removeprefix("val_") not in names:
             raise ConfigError(f"{what}: {m!r} is not produced by family "
                               f"{cfg.model.family!r}; choose one of: "
@@ -145,6 +146,8 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
         tie_v = float(val[tie]) if tie is not None else math.nan
         if best.improves(val[metric], cfg.mode, tie_v, cfg.tie_break_mode):
             best.value, best.epoch, best.tie = val[metric], epoch, tie_v
+            best.secondary = {m: float(val[m.removeprefix("val_")])
+                              for m in cfg.secondary_metrics}
             best.test = exp.evaluate("test")
             best_state = _cpu_copy(inference_state(exp.state_dict()))
             reports = exp.reports("test")
@@ -156,6 +159,8 @@ def run_trial(cfg: TrialConfig, report: Reporter, *, ctx: RunContext | None = No
         metrics[f"best_{cfg.metric}"] = best.value
         if cfg.tie_break:
             metrics[f"best_{cfg.tie_break}"] = best.tie
+        for m, v in (best.secondary or {}).items():
+            metrics[f"best_{m}"] = v
         ckpt = staging_dir("ckpt") if ctx.is_main else None
         try:
             if ckpt is not None:
