@@ -168,6 +168,15 @@ def test_inprocess_search_resume_keeps_one_run_per_trial(tmp_path):
     parents = mlflow_rows(db, "select count(*) from tags where key = 'hpsearch.role' and "
                               "value = 'search'")
     assert parents[0][0] == 1
+    # the Optuna study (its own storage, read without Ray) continued: one trial per Tune
+    # trial, each told its value; the interrupted one was asked for again, not twice told
+    import optuna
+
+    (sid,) = [v for (v,) in mlflow_rows(db, "select value from tags where key = "
+                                            "'hpsearch.optuna_study'")]
+    study = optuna.load_study(study_name=sid, storage=f"sqlite:///{res / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3, [(t.number, t.state) for t in study.trials]
     # trial dirs are named by trial id, not by the constants every trial shares
     (sdir,) = (res / "ray").glob("res-*")
     trial_dirs = [p.name for p in sdir.iterdir() if p.is_dir()]
