@@ -38,7 +38,8 @@ REPORT_EXTRA = ("mistake_severity,hdist_at_5,path_consistency,mahp_250,accuracy,
 
 # ---------------------------------------------------------------------- commands
 def cmd_search(args: argparse.Namespace) -> int:
-    from hpsearch.search.tuner import SearchOptions, run_search  # Ray: only when searching
+    from hpsearch.search.progress import next_steps  # Ray: only when searching
+    from hpsearch.search.tuner import SearchOptions, run_search
 
     space = load_space(args.space)
     opts = SearchOptions(num_samples=args.num_samples, max_epochs=args.max_epochs,
@@ -69,14 +70,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 1
     if out.best and out.best.get("value") is not None:
         print(f"best {out.best['metric']} = {out.best['value']:.4f}")
-    _print_best(t, space.metric, t.best_runs(
-        space.metric, space.mode, 3, search_id=out.search_id, tie_break=space.tie_break,
-        tie_break_mode=space.tie_break_mode))
+    runs = t.best_runs(space.metric, space.mode, 3, search_id=out.search_id,
+                       tie_break=space.tie_break, tie_break_mode=space.tie_break_mode)
+    _print_best(t, space.metric, runs)
     if args.export_best:
         rid, bundle = api.export_best(t, out.search_id, space.metric, space.mode,
                                       args.export_best, tie_break=space.tie_break,
                                       tie_break_mode=space.tie_break_mode)
         print(f"exported run {rid} -> {bundle}")
+    print("\n" + next_steps(tracking_uri=out.tracking_uri, experiment=out.experiment,
+                            search_id=out.search_id,
+                            best_run_id=runs[0].info.run_id if runs else None,
+                            results_dir=args.results_dir, exported=bool(args.export_best)))
     return 0
 
 

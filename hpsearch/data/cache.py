@@ -14,6 +14,9 @@ say) is decoded on the CPU instead, file by file.
 Concurrency: a build holds an exclusive ``fcntl`` lock on ``<entry>/.lock``; a second process
 waits for it and then finds the finished file. The array is written to a temporary file and
 ``os.replace``-d into place, so ``images.npy`` exists only when complete.
+
+A build shows a progress bar on stderr (:func:`progress_bar`) when stderr is a terminal, or
+always with ``HPSEARCH_PROGRESS=1`` (``0``: never).
 """
 
 from __future__ import annotations
@@ -83,6 +86,22 @@ def locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def progress_bar(total: int, desc: str, unit: str = "img") -> Any:
+    """A tqdm bar on stderr for a long preparation step (a cache build, feature extraction):
+    shown when ``$HPSEARCH_PROGRESS`` is ``1``, hidden when it is ``0``, else shown when stderr
+    is a terminal (so never in a log file or a Ray worker, whose stderr is a file). A hidden
+    bar is tqdm's own no-op; ``update`` and ``close`` work either way."""
+    from tqdm import tqdm
+
+    force = os.environ.get("HPSEARCH_PROGRESS", "").strip()
+    try:
+        show = force == "1" or (force != "0" and sys.stderr.isatty())
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        show = force == "1"
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not show,
+                dynamic_ncols=True, mininterval=0.5)
+
+
 def entry_dir(name: str, key_parts: Any, cache: Path) -> Path:
     return cache / f"{name}-{cache_key(key_parts)}"
 
@@ -141,13 +160,14 @@ def cached_image_array(
         tmp = d / f"images.tmp-{os.getpid()}.npy"
         try:
             src = paths_or_loader() if callable(paths_or_loader) else paths_or_loader
+            desc = f"image cache {d.name}"
             if isinstance(src, np.ndarray):
-                _write_from_array(tmp, src, size)
+                _write_from_array(tmp, src, size, desc)
             else:
                 if size is None:
                     raise ValueError("size is required when decoding image files")
                 items = [p if isinstance(p, Encoded) else Path(p) for p in src]
-                _write_from_paths(tmp, items, size, workers)
+                _write_from_paths(tmp, items, size, workers, desc)
             stamp_file.unlink(missing_ok=True)  # never a new stamp beside old pixels
             os.replace(tmp, final)
         finally:
@@ -173,16 +193,19 @@ def resize_uint8(batch: np.ndarray, size: int) -> np.ndarray:
     return out.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _write_from_array(tmp: Path, arr: np.ndarray, size: int | None) -> None:
+def _write_from_array(tmp: Path, arr: np.ndarray, size: int | None,
+                      desc: str = "image cache") -> None:
     arr = np.asarray(arr)
     if arr.dtype != np.uint8 or arr.ndim != 4:
         raise DataError(f"dataset loader returned {arr.dtype} {arr.shape}; expected uint8 "
                         "[N, H, W, C]")
     s_h, s_w = (arr.shape[1], arr.shape[2]) if size is None else (size, size)
     out = _allocated_memmap(tmp, (len(arr), s_h, s_w, arr.shape[3]))
-    for a in range(0, len(arr), 4 * CHUNK):
-        out[a:a + 4 * CHUNK] = arr[a:a + 4 * CHUNK] if size is None \
-            else resize_uint8(arr[a:a + 4 * CHUNK], size)
+    with progress_bar(len(arr), desc) as bar:
+        for a in range(0, len(arr), 4 * CHUNK):
+            out[a:a + 4 * CHUNK] = arr[a:a + 4 * CHUNK] if size is None \
+                else resize_uint8(arr[a:a + 4 * CHUNK], size)
+            bar.update(len(out[a:a + 4 * CHUNK]))
     out.flush()
     del out
 
@@ -306,7 +329,8 @@ def decode_batch(srcs: Sequence[Path | Encoded], size: int, device: str) -> np.n
 
 
 def _write_from_paths(
-    tmp: Path, paths: list[Path | Encoded], size: int, workers: int | None
+    tmp: Path, paths: list[Path | Encoded], size: int, workers: int | None,
+    desc: str = "image cache",
 ) -> None:
     missing = [p for p in paths if not isinstance(p, Encoded) and not p.is_file()]
     if missing:
@@ -314,29 +338,33 @@ def _write_from_paths(
                         "listed images are missing)")
     out = _allocated_memmap(tmp, (len(paths), size, size, 3))
     device = decode_device()
-    if device != "cpu":
-        for a in range(0, len(paths), CHUNK // 4):  # 128 images per nvJPEG batch
-            out[a:a + CHUNK // 4] = decode_batch(paths[a:a + CHUNK // 4], size, device)
-        out.flush()
-        return
-    workers = workers or min(16, os.cpu_count() or 1)
+    with progress_bar(len(paths), desc) as bar:
+        if device != "cpu":
+            for a in range(0, len(paths), CHUNK // 4):  # 128 images per nvJPEG batch
+                out[a:a + CHUNK // 4] = decode_batch(paths[a:a + CHUNK // 4], size, device)
+                bar.update(len(paths[a:a + CHUNK // 4]))
+            out.flush()
+            return
+        workers = workers or min(16, os.cpu_count() or 1)
 
-    def work(i: int) -> None:
-        out[i] = decode_image(paths[i], size)
+        def work(i: int) -> None:
+            out[i] = decode_image(paths[i], size)
 
-    if workers <= 1 or len(paths) < 64:
-        for i in range(len(paths)):
-            work(i)
-    else:
-        # decoders and torch kernels release the GIL, so threads scale without pickling
-        import torch
+        if workers <= 1 or len(paths) < 64:
+            for i in range(len(paths)):
+                work(i)
+                bar.update(1)
+        else:
+            # decoders and torch kernels release the GIL, so threads scale without pickling
+            import torch
 
-        prev = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                for a in range(0, len(paths), CHUNK):
-                    list(pool.map(work, range(a, min(a + CHUNK, len(paths)))))
-        finally:
-            torch.set_num_threads(prev)
+            prev = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    for a in range(0, len(paths), CHUNK):
+                        for _ in pool.map(work, range(a, min(a + CHUNK, len(paths)))):
+                            bar.update(1)
+            finally:
+                torch.set_num_threads(prev)
     out.flush()

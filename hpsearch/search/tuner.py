@@ -20,6 +20,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from hpsearch.search.callbacks import (
 from hpsearch.search.cluster import Storage, Target
 from hpsearch.search.codec import constants
 from hpsearch.search.objectives import OBJECTIVES_TAG, encode
+from hpsearch.search.progress import LiveView
 from hpsearch.search.space import DefineByRun, SearchSpace, encoded_point
 from hpsearch.search.trainable import tune_trainable
 from hpsearch.tasks.runner import check_metrics, sweep_staging
@@ -398,14 +400,11 @@ def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback
         study_name=search_id, storage=samplers.open_storage(optuna_url),
         points_to_evaluate=[encoded_point(p) for p in space.points_to_evaluate] or None)
     scheduler = samplers.make_scheduler(space, max_epochs)
-    reporter = tune.CLIReporter(
-        metric_columns={"epoch": "ep", space.metric: space.metric,
-                        "train_loss": "loss"},
-        # conditional dimensions are absent from some trials' configs, and Tune's reporter
-        # raises KeyError on a missing column: show only unconditional ones
-        parameter_columns=[k for k, d in space.search.items() if not d.when][:6],
-        max_report_frequency=15,
-        sort_by_metric=True)
+    # one compact view (in place on a terminal, one line per event in logs), not Tune's
+    # reprinted tables
+    reporter = LiveView(metric=space.metric, mode=space.mode, searched=list(space.search),
+                        num_samples=num_samples, max_epochs=max_epochs,
+                        max_concurrent=max_conc, search=search_id, tty=sys.stdout.isatty())
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,

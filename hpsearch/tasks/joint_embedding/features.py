@@ -42,7 +42,7 @@ from torch import nn
 
 from hpsearch.config import DataConfig, ModelConfig
 from hpsearch.data.base import HierDataset, ImageSplit
-from hpsearch.data.cache import cache_key, cache_root, locked
+from hpsearch.data.cache import cache_key, cache_root, locked, progress_bar
 from hpsearch.data.transforms import Preprocess
 from hpsearch.errors import ConfigError, DataError
 from hpsearch.models.backbones import build_backbone
@@ -173,8 +173,9 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray, batch_size: int = 256,
-                 out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 ``[N, H, W, C]`` -> float32 ``[N, F]`` (written into ``out`` when given)."""
+                 out: np.ndarray | None = None, bar: Any = None) -> np.ndarray:
+        """uint8 ``[N, H, W, C]`` -> float32 ``[N, F]`` (written into ``out`` when given;
+        ``bar``, a :func:`~hpsearch.data.cache.progress_bar`, advanced per batch)."""
         self.net.eval()  # BN running statistics, no dropout (the published code missed this)
         n = len(images)
         if out is None:
@@ -183,6 +184,8 @@ class FeatureExtractor:
             xb = torch.from_numpy(np.array(images[s:s + batch_size]))
             f = self.net.forward_features(self.preprocess(xb.to(self.device)))
             out[s:s + len(xb)] = f.float().reshape(len(xb), -1).cpu().numpy()
+            if bar is not None:
+                bar.update(len(xb))
         return out
 
 
@@ -329,7 +332,8 @@ def _write_split(ext: FeatureExtractor, images: np.ndarray, final: Path, bs: int
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                         shape=(len(images), ext.out_dim))
-        ext(images, bs, out=arr)
+        with progress_bar(len(images), f"{final.parent.name}/{final.stem}") as bar:
+            ext(images, bs, out=arr, bar=bar)
         if len(arr) and not np.isfinite(arr).all():
             raise DataError(f"the feature network produced NaN/inf features for {final.stem}; "
                             "check the backbone weights")
