@@ -658,8 +658,19 @@ def _load_study(parent: Any) -> tuple[Any | None, str]:
                       f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")
 
 
+def _visible_colours(fig: Any) -> None:
+    """Optuna's parallel-coordinate lines use a colour map that fades to white at the best
+    value: on a white axes the best trials vanish. Viridis stays visible end to end."""
+    for ax in fig.axes:
+        for coll in ax.collections:
+            if getattr(coll, "get_array", lambda: None)() is not None:
+                coll.set_cmap("viridis")
+                if getattr(coll, "colorbar", None) is not None:
+                    coll.colorbar.update_normal(coll)
+
+
 def _optuna_plot(rep: _Report, name: str, title: str, caption: str,
-                 draw: Callable[[], Any]) -> None:
+                 draw: Callable[[], Any], post: Callable[[Any], None] | None = None) -> None:
     plt = _plt()
     try:
         # rc_context: Optuna switches the global style to ggplot; the other figures keep theirs
@@ -670,6 +681,8 @@ def _optuna_plot(rep: _Report, name: str, title: str, caption: str,
             fig = ax0.figure
             w, h = fig.get_size_inches()
             fig.set_size_inches(max(w, 7.0), max(h, 4.2))
+            if post is not None:
+                post(fig)
             _save(fig, rep.out / name)
     except Exception as e:  # noqa: BLE001 - too few trials / no varied parameter: one line
         plt.close("all")
@@ -709,7 +722,7 @@ def _section_optuna(rep: _Report, objectives: Sequence[tuple[str, str]]) -> None
                  lambda: ovm.plot_param_importances(study, **kw))
     _optuna_plot(rep, "optuna_parallel.png", "parallel coordinates",
                  f"every completed trial's parameters, coloured by {metric}{first}; {n}.",
-                 lambda: ovm.plot_parallel_coordinate(study, **kw))
+                 lambda: ovm.plot_parallel_coordinate(study, **kw), post=_visible_colours)
 
 
 # ------------------------------------------------------------------ Pareto front

@@ -232,3 +232,30 @@ def test_multi_objective_search_keeps_its_study_in_optuna_storage(tmp_path):
     assert cp.returncode == 0, cp.stderr
     assert f"search {out.search_id}" in cp.stdout and "Pareto front" in cp.stdout
     assert cp.stdout.count("\n*") == len(front)
+
+
+def test_a_trial_stopped_while_paused_is_told_its_last_result(tmp_path):
+    """Tune completes a PAUSED trial (HyperBand's) without a result; Ray's OptunaSearch then
+    records it PRUNED with no value. Ours tells Optuna the trial's last best_<metric>."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from hpsearch.search.space import DefineByRun
+
+    sp = space()
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    states = {}
+    for name, make in (("ours", lambda: samplers.make_searcher(
+            sp, DefineByRun(sp, {}), 0, 1, "ours", url)),
+                       ("ray", lambda: OptunaSearch(space=DefineByRun(sp, {}),
+                                                    metric="best_val_micro_f1", mode="max",
+                                                    study_name="ray",
+                                                    storage=samplers.open_storage(url)))):
+        s = make()
+        s.suggest("t1")
+        for step, v in ((1, 0.5), (2, 0.7)):
+            s.on_trial_result("t1", {"best_val_micro_f1": v, "training_iteration": step})
+        s.on_trial_complete("t1")  # Tune's stop_trial of a PAUSED trial
+        (t,) = optuna.load_study(study_name=name, storage=url).trials
+        states[name] = (t.state, t.value)
+    assert states["ours"] == (optuna.trial.TrialState.COMPLETE, 0.7)
+    assert states["ray"][0] == optuna.trial.TrialState.PRUNED  # the behaviour worked around

@@ -127,6 +127,66 @@ def make_scheduler(space: SearchSpace, max_epochs: int) -> Any:
     return FIFOScheduler()
 
 
+def make_searcher(space: SearchSpace, define_by_run: Any, seed: int, concurrency: int,
+                  study_name: str, storage_url: str) -> Any:
+    """Ray Tune's ``OptunaSearch`` over ``define_by_run`` with the space's sampler, its study
+    ``study_name`` in the storage at ``storage_url``, the warm-start points, told
+    :func:`searcher_metrics`."""
+    from hpsearch.search.space import encoded_point
+
+    metric, mode = searcher_metrics(space)
+    return _searcher_class()(
+        space=define_by_run, metric=metric, mode=mode,
+        sampler=make_sampler(space, seed, concurrency), study_name=study_name,
+        storage=open_storage(storage_url),
+        points_to_evaluate=[encoded_point(p) for p in space.points_to_evaluate] or None)
+
+
+_SEARCHER: Any = None
+
+
+def _searcher_class() -> Any:
+    """``OptunaSearch`` that tells Optuna a trial's last result when Tune ends it without one.
+
+    Tune's ``stop_trial`` completes a PAUSED trial (HyperBand pauses trials at each rung,
+    then stops those that lost their bracket, or that reached the last rung, while paused)
+    with ``result=None``, which ``OptunaSearch`` records as PRUNED without a value: a search
+    under HyperBand had its best trials missing from the study's completed ones (seen here:
+    2 of 4 trials, both better than the 2 COMPLETE ones). The last result a trial reported
+    carries its ``best_<metric>`` values, what a trial ASHA stops while running is told."""
+    global _SEARCHER
+    if _SEARCHER is None:
+        from ray.tune.search.optuna import OptunaSearch
+
+        class TrialBestOptunaSearch(OptunaSearch):
+            def on_trial_result(self, trial_id: str, result: dict) -> None:
+                keys = self.metric if isinstance(self.metric, list) else [self.metric]
+                last = getattr(self, "_hpsearch_last", None)
+                if last is None:
+                    last = self._hpsearch_last = {}
+                last[trial_id] = {k: result[k] for k in keys if k in result}
+                super().on_trial_result(trial_id, result)
+
+            def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                                  error: bool = False) -> None:
+                last = (getattr(self, "_hpsearch_last", None) or {}).pop(trial_id, None)
+                if not result and not error and last:
+                    result = last
+                super().on_trial_complete(trial_id, result=result, error=error)
+
+        # pickled by reference (Tune's tuner.pkl): found again through __getattr__ below
+        TrialBestOptunaSearch.__module__ = __name__
+        TrialBestOptunaSearch.__qualname__ = "TrialBestOptunaSearch"
+        _SEARCHER = TrialBestOptunaSearch
+    return _SEARCHER
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TrialBestOptunaSearch":  # Ray is imported only when it is asked for
+        return _searcher_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def searcher_metrics(space: SearchSpace) -> tuple[str | list[str], str | list[str]]:
     """What Optuna is told per trial: every objective's value at the trial's best epoch
     (``best_<metric>``), not the last epoch's, so a trial that peaked and then degraded (or was

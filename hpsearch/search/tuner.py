@@ -43,7 +43,7 @@ from hpsearch.search.cluster import Storage, Target
 from hpsearch.search.codec import constants
 from hpsearch.search.objectives import OBJECTIVES_TAG, encode
 from hpsearch.search.progress import LiveView
-from hpsearch.search.space import DefineByRun, SearchSpace, encoded_point
+from hpsearch.search.space import DefineByRun, SearchSpace
 from hpsearch.search.trainable import tune_trainable
 from hpsearch.tasks.runner import check_metrics, sweep_staging
 from hpsearch.tracking import Tracker, default_tracking_uri
@@ -389,16 +389,11 @@ def _new_tuner(space: SearchSpace, opts: SearchOptions, trainable: Any, callback
     the storage at ``optuna_url`` (named ``search_id``), its Tune scheduler, warm-start points,
     the MLflow callback, checkpoints kept per trial."""
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     carried = constants(space.base_tree(overrides), storage.uri("train"))
     seed = space.sampler.seed if opts.seed is None else opts.seed
-    metric, mode = samplers.searcher_metrics(space)
-    searcher = OptunaSearch(
-        space=DefineByRun(space, carried), metric=metric, mode=mode,
-        sampler=samplers.make_sampler(space, seed, max_conc),
-        study_name=search_id, storage=samplers.open_storage(optuna_url),
-        points_to_evaluate=[encoded_point(p) for p in space.points_to_evaluate] or None)
+    searcher = samplers.make_searcher(space, DefineByRun(space, carried), seed, max_conc,
+                                      search_id, optuna_url)
     scheduler = samplers.make_scheduler(space, max_epochs)
     # one compact view (in place on a terminal, one line per event in logs), not Tune's
     # reprinted tables
