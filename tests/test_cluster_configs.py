@@ -33,9 +33,17 @@ def _yaml(path: Path):
 
 
 def _ray_pin() -> str:
+    """The Ray the tests passed with (cluster/constraints.txt), which pyproject's range must
+    admit: the version every cluster image and launcher config runs."""
+    from packaging.requirements import Requirement
+
+    m = re.search(r"^ray==([0-9.]+)$", (CLUSTER / "constraints.txt").read_text(), re.M)
+    assert m, "cluster/constraints.txt pins no ray version"
     text = (ROOT / "pyproject.toml").read_text()
-    m = re.search(r'"ray\[[^\]]*\]==([0-9.]+)"', text)
-    assert m, "pyproject.toml pins no ray version"
+    spec = re.search(r'"(ray\[[^"]*)"', text)
+    assert spec, "pyproject.toml does not depend on ray"
+    assert Requirement(spec.group(1)).specifier.contains(m.group(1)), (spec.group(1),
+                                                                        m.group(1))
     return m.group(1)
 
 

@@ -289,3 +289,19 @@ def test_error_key_is_the_trainables():
     from hpsearch.search import trainable
 
     assert ERROR_KEY == trainable.ERROR_KEY
+
+
+def test_summary_names_the_peak_resource_use():
+    """Tune's executor line ("Logical resource usage: ...") is not printed at every step; the
+    last line says the busiest it was (how many trials the cluster really ran at once)."""
+    out, clock = io.StringIO(), Clock()
+    v = view(out, tty=False, clock=clock)
+    ts = trials4()
+    ts[0].status = "RUNNING"
+    v.report(ts, False, "sched", "Logical resource usage: 1.0/2 CPUs, 0/0 GPUs")
+    ts[1].status = "RUNNING"
+    v.report(ts, False, "sched", "Logical resource usage: 2.0/2 CPUs, 0/0 GPUs (0.0/1.0 x)")
+    ts[0].status = ts[1].status = "TERMINATED"
+    v.report(ts, True, "sched", "Logical resource usage: 0/2 CPUs, 0/0 GPUs")
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last.endswith("peak resource use 2.0/2 CPUs, 0/0 GPUs"), last

@@ -191,13 +191,27 @@ def test_multi_objective_search_keeps_its_study_in_optuna_storage(tmp_path):
     """NSGA-II over micro vs macro F1 with a warm start: the study lives in the SQLite
     storage beside MLflow's store (readable by Optuna alone), holds both objectives at each
     trial's best epoch, and 'best' lists the same Pareto front Optuna computes."""
+    import json
+    import os
+    from types import SimpleNamespace
+
     from hpsearch import api
 
     f = tmp_path / "mo.yaml"
     f.write_text(MO_SPACE)
     res = tmp_path / "res"
-    out = api.search(f, results_dir=str(res), verbose=0)
-    assert out.num_trials == 3 and out.num_errors == 0
+    # the notebook API, in its own process (a clean Ray start, as a user's kernel has)
+    code = ("import json, hpsearch.api as hp\n"
+            f"o = hp.search({str(f)!r}, results_dir={str(res)!r}, verbose=0)\n"
+            "print(json.dumps([o.search_id, o.tracking_uri, o.parent_run_id, o.num_trials, "
+            "o.num_errors]))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=900, env=env, cwd=tmp_path)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
+    sid, uri, parent_id, n, errors = json.loads(cp.stdout.strip().splitlines()[-1])
+    out = SimpleNamespace(search_id=sid, tracking_uri=uri, parent_run_id=parent_id)
+    assert n == 3 and errors == 0
 
     storage = f"sqlite:///{res / 'optuna.db'}"
     study = optuna.load_study(study_name=out.search_id, storage=storage)
@@ -228,7 +242,7 @@ def test_multi_objective_search_keeps_its_study_in_optuna_storage(tmp_path):
     assert t.load_dict(out.parent_run_id, "space.json")["sampler"]["type"] == "nsga2"
 
     cp = subprocess.run([sys.executable, "-m", "hpsearch.cli", "best", "--results-dir",
-                         str(res)], capture_output=True, text=True, timeout=300)
+                         str(res)], capture_output=True, text=True, timeout=300, env=env)
     assert cp.returncode == 0, cp.stderr
     assert f"search {out.search_id}" in cp.stdout and "Pareto front" in cp.stdout
     assert cp.stdout.count("\n*") == len(front)

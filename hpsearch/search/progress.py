@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shlex
 import shutil
 import sys
@@ -46,6 +47,8 @@ from ray.tune.progress_reporter import ProgressReporter, RemoteReporterMixin
 # hpsearch.search.trainable.ERROR_KEY: a trial that ended with a deterministic error reports it
 # in its last result (TERMINATED for Tune). Not imported from there: that module pulls torch.
 ERROR_KEY = "hpsearch_error"
+# Tune's executor line in sys_info: "Logical resource usage: 2.0/2 CPUs, 0/0 GPUs (...)"
+_USAGE = re.compile(r"Logical resource usage: (([0-9.]+)/[0-9.]+ CPUs[^\n(]*)")
 INTERNAL_PREFIX = "__hpsearch"  # codec.INTERNAL_PREFIX: the constants every config carries
 RATE_KEY = "train_images_per_s"
 _UP_CLEAR = "\x1b[{n}F\x1b[J"  # cursor to the start of the line n up, clear to the screen's end
@@ -249,7 +252,19 @@ class LiveView(ProgressReporter, RemoteReporterMixin):
 
     def report(self, trials: list, done: bool, *sys_info: str) -> None:
         with self._lock:
+            self._note_usage(sys_info)
             self._report(trials, done)
+
+    def _note_usage(self, sys_info: Sequence[str]) -> None:
+        """Keep the busiest "Logical resource usage" Tune reported (its executor's line, e.g.
+        ``2.0/2 CPUs, 0/0 GPUs``): the summary says how much of the cluster the search used
+        at its peak (a cluster that never runs two trials at once shows here)."""
+        for info in sys_info:
+            m = _USAGE.search(str(info))
+            if m:
+                used = float(m.group(2))
+                if used >= getattr(self, "_peak_cpus", -1.0):
+                    self._peak_cpus, self._peak_usage = used, m.group(1).strip()
 
     def _report(self, trials: list, done: bool) -> None:
         events = self._pending if not done else self._events(trials)
@@ -429,6 +444,8 @@ class LiveView(ProgressReporter, RemoteReporterMixin):
         text += f", {c['running']} unfinished)" if c["running"] else ")"
         if best is not None:
             text += f"; best #{self._number(best[0], trials)} {self.metric}={best[1]:.4f}"
+        if getattr(self, "_peak_usage", None):
+            text += f"; peak resource use {self._peak_usage}"
         return text
 
     # ------------------------------------------------------------------ one trial

@@ -89,7 +89,9 @@ def tune_trainable(config: dict[str, Any]) -> None:
     try:
         cfg = trial_config(config)
     except HpsearchError as e:  # a sampled combination the config refuses: same every time
-        _end_failed(str(config.get(BASE_KEY, {}).get("metric") or "val_micro_f1"), e)
+        base = config.get(BASE_KEY, {})
+        _end_failed(str(base.get("metric") or "val_micro_f1"), e,
+                    secondary=base.get("secondary_metrics") or ())
         return
     try:
         if cfg.resources.trainer_path:
@@ -97,7 +99,7 @@ def tune_trainable(config: dict[str, Any]) -> None:
         else:
             _run_in_process(cfg)
     except HpsearchError as e:
-        _end_failed(cfg.metric, e)
+        _end_failed(cfg.metric, e, secondary=cfg.secondary_metrics)
     except OSError as e:
         if not is_disk_full(e):
             raise  # infrastructure: Tune retries it (FailureConfig.max_failures)
@@ -106,18 +108,20 @@ def tune_trainable(config: dict[str, Any]) -> None:
                    disk_full_message(Path(_trial_dir() or ".").parent,
                                      "saving a trial checkpoint"))
         _drop_partial_checkpoint()  # gives the space back, so the runs can still be closed
-        _end_failed(cfg.metric, e, kind="disk_full", message=message)
+        _end_failed(cfg.metric, e, kind="disk_full", message=message,
+                    secondary=cfg.secondary_metrics)
 
 
 def _end_failed(metric: str, e: BaseException, kind: str = "deterministic",
-                message: str | None = None) -> None:
+                message: str | None = None, secondary: Any = ()) -> None:
     """End the trial with one terminal result carrying the error instead of raising it (Tune
     would retry it). ``done`` stops the trial before the scheduler and the searcher see the
     result; the metric (NaN) is there because Tune insists on it in every result; no
-    ``epoch``, so ASHA records nothing for it; Optuna records the trial as failed (NaN)."""
+    ``epoch``, so ASHA records nothing for it; Optuna records the trial as failed (NaN). The
+    searcher's metrics (``best_<objective>``) are there too, NaN, for the same reason."""
     text = message or f"{type(e).__name__}: {' '.join(str(e).split())}"
-    tune.report({metric: math.nan, ERROR_KEY: text[:4000], ERROR_KIND_KEY: kind,
-                 "done": True})
+    nan = {m: math.nan for m in (metric, f"best_{metric}", *(f"best_{o}" for o in secondary))}
+    tune.report({**nan, ERROR_KEY: text[:4000], ERROR_KIND_KEY: kind, "done": True})
 
 
 def _trial_dir() -> Path | None:

@@ -168,6 +168,8 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> SearchOutcome:
         opts = _resume_options(space, opts, meta, resume_path.name)
     tracker, base_cfg, overrides = preflight(space, opts)
     optuna_url = samplers.storage_url(space, opts.results_dir, opts.optuna_storage)
+    if not (opts.optuna_storage or space.sampler.storage):  # the default: optuna.db there
+        Path(opts.results_dir).mkdir(parents=True, exist_ok=True)
     samplers.open_storage(optuna_url)  # a bad URL is one line now, not after the parent run
     data_input = dataset_input(space, base_cfg)
     _init_ray(opts, target)
@@ -289,7 +291,8 @@ def where_to_run(opts: SearchOptions) -> tuple[Target, Storage]:
     address has a known form and answers (and accepts this process's token), the results
     dir and the storage can be written. One-line errors."""
     target = cluster.parse_address(opts.address)
-    if opts.tracking_uri is None or opts.storage is None:  # something goes to results_dir
+    # something goes to results_dir (MLflow's store, Tune's state, the Optuna study)
+    if opts.tracking_uri is None or opts.storage is None or opts.optuna_storage is None:
         cluster.check_writable_dir(Path(opts.results_dir), "--results-dir")
     storage = Storage.parse(opts.storage, opts.results_dir)
     if opts.storage is not None:
