@@ -273,3 +273,13 @@ def test_a_trial_stopped_while_paused_is_told_its_last_result(tmp_path):
         states[name] = (t.state, t.value)
     assert states["ours"] == (optuna.trial.TrialState.COMPLETE, 0.7)
     assert states["ray"][0] == optuna.trial.TrialState.PRUNED  # the behaviour worked around
+
+
+def test_a_grid_search_cannot_ask_for_more_trials_than_points(tmp_path):
+    from hpsearch.search.tuner import SearchOptions, preflight
+
+    sp = space(search={"optim.lr": {"type": "categorical", "choices": [0.01, 0.1]}},
+               sampler={"type": "grid"}, budget={"num_samples": 3})
+    with pytest.raises(ConfigError, match="the grid has 2 points but 3 trials"):
+        preflight(sp, SearchOptions(results_dir=str(tmp_path)))
+    assert not any(tmp_path.iterdir())  # refused before anything was written

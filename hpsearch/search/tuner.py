@@ -120,6 +120,11 @@ def preflight(space: SearchSpace, opts: SearchOptions
     if opts.num_samples is not None and opts.num_samples <= 0:
         raise ConfigError(f"--num-samples must be positive, got {opts.num_samples}")
     cluster.check_num_samples(opts.num_samples or space.budget.num_samples)
+    if space.sampler.type == "grid":  # past its last point Optuna's grid has nothing to ask
+        n, points = opts.num_samples or space.budget.num_samples, samplers.grid_size(space)
+        if n > points:
+            raise ConfigError(f"the grid has {points} points but {n} trials were asked for; "
+                              f"set budget.num_samples (or --num-samples) to {points} at most")
     if opts.max_epochs is not None and opts.max_epochs <= 0:
         raise ConfigError(f"--max-epochs must be positive, got {opts.max_epochs}")
     if opts.data_root is not None and not Path(opts.data_root).exists():
