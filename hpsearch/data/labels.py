@@ -11,6 +11,8 @@ Sources (``LABEL_SOURCES``; add one with :func:`register_label_source`):
 - ``parent_child``: a ``parent child`` file per line (Barz & Denzler's format).
 - ``closure_tsv``: the Poincaré / hyperbolic-cones WordNet closure file plus optional splits.
 - ``wordnet``: a WordNet 3.0 database folder (``data.noun`` + ``index.noun``), one root synset.
+- ``tree``: a generated full ``branching``-ary tree with ``levels`` label levels (thesis
+  Fig. 6.3's toy graphs: L = 4, b = 3 and L = 3, b = 7).
 
 The closure is computed with sparse boolean matrix products (frontier expansion, one product per
 path length), so WordNet's 82,115 noun synsets and ~743k closure pairs take about a second.
@@ -476,3 +478,63 @@ def _source_wordnet(**params: Any) -> LabelGraph:
     )
 
 
+
+
+# ---------------------------------------------------------------------------- toy trees
+# a typo (levels=30) must not allocate 10^14 nodes; WordNet has 82,115 nouns, ~743k pairs
+MAX_TREE_LABELS = 100_000
+MAX_TREE_PAIRS = 2_000_000
+
+
+def _tree_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"label source 'tree': {name} must be a positive int, got {value!r}")
+    return value
+
+
+@register_label_source("tree")
+def _source_tree(**params: Any) -> LabelGraph:
+    """The full ``b``-ary tree of depth ``L``: thesis Fig. 6.3's toy graphs, generated.
+
+    Params: ``levels`` (L, default 3), ``branching`` (b, default 3), ``include_root`` (False).
+
+    ``levels`` counts label levels *below* the root, as the thesis counts ETHEC's 4 levels
+    (family ... species, no root label) and Fig. 6.3's "L = 3, b = 7": level ``d`` (1-based)
+    holds ``b**d`` labels, so L = 3, b = 7 gives 7 + 49 + 343 = 399 labels and L = 4, b = 3
+    gives 3 + 9 + 27 + 81 = 120 (a forest of ``b`` trees, like ``ethec``). ``include_root``
+    adds the root ``"n"`` as one more node on top (as ``wordnet`` keeps its root synset), so
+    the graph is one tree with ``levels + 1`` levels. Names are the root-to-node paths of child
+    positions: ``"n.0"`` ... ``"n.<b-1>"`` on level 1, ``"n.0.2.1"`` on level 3; nodes are in
+    level-major, breadth-first order, so the graph (and every seeded split of it) is the same
+    on every machine. (The caption's text says "branching factor of 4" for the first graph;
+    its panels, followed here, say b = 3.) More than ``MAX_TREE_LABELS`` labels or
+    ``MAX_TREE_PAIRS`` closure pairs (a deep ``branching=1`` chain) is a ConfigError, not an
+    out-of-memory.
+    """
+    p = check_params("label source 'tree'", params,
+                     {"levels": 3, "branching": 3, "include_root": False})
+    levels = _tree_int("levels", p["levels"])
+    b = _tree_int("branching", p["branching"])
+    root = p["include_root"]
+    if not isinstance(root, bool):
+        raise ConfigError(f"label source 'tree': include_root must be true or false, got "
+                          f"{root!r}")
+    total, pairs, width = 0, 0, 1
+    for d in range(1, levels + 1):  # labels and closure pairs, stopping once past a cap
+        width *= b
+        total += width
+        pairs += width * (d if root else d - 1)  # a level-d node has d - 1 label ancestors
+        if total > MAX_TREE_LABELS or pairs > MAX_TREE_PAIRS:
+            raise ConfigError(f"label source 'tree': levels={levels}, branching={b} gives more "
+                              f"than {MAX_TREE_LABELS} labels or {MAX_TREE_PAIRS} closure "
+                              "pairs; use fewer levels or a smaller branching")
+    names, edges, frontier = (["n"] if root else []), [], ["n"]
+    for depth in range(levels):
+        children = [f"{a}.{j}" for a in frontier for j in range(b)]
+        if depth or root:
+            edges += [(c.rsplit(".", 1)[0], c) for c in children]
+        names += children
+        frontier = children
+    h = Hierarchy.from_edges(edges, nodes=names)
+    return graph_from_hierarchy(h, meta={"source": "tree", "levels": levels, "branching": b,
+                                         "include_root": root})
