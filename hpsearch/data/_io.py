@@ -41,6 +41,19 @@ def shared_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "shared"
 
 
+SHARED_PREFIX = "../shared/"
+
+
+def shared_path(value: str | Path) -> Path:
+    """A path a space gives: ``../shared/REST`` is ``shared_dir() / REST`` (the reference data
+    folder beside the repo, or ``$HPSEARCH_SHARED``), whatever the working directory; any
+    other value as given (``~`` expanded)."""
+    text = str(value)
+    if text.startswith(SHARED_PREFIX):
+        return shared_dir() / text.removeprefix(SHARED_PREFIX)
+    return Path(text).expanduser()
+
+
 def fingerprint(path: str | Path) -> list[Any]:
     """``[absolute path, size, mtime_ns]`` of a file: enough to invalidate a cache entry."""
     p = Path(path).resolve()

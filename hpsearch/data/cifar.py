@@ -34,6 +34,7 @@ from hpsearch.data._io import (
     fingerprint,
     leaf_level_labels,
     require_file,
+    shared_path,
     split_counts,
 )
 from hpsearch.data.base import DATASETS, HierDataset
@@ -365,7 +366,7 @@ def _cache(cfg: DataConfig, p: dict) -> Path:
 
 def _raw10(cfg: DataConfig, p: dict) -> _Raw:
     if p["archive"]:
-        return _raw_archive(Path(p["archive"]), CIFAR10_CLASSES, "cifar-10-batches-py",
+        return _raw_archive(shared_path(p["archive"]), CIFAR10_CLASSES, "cifar-10-batches-py",
                             "data_batch_1", _raw_pickles10, _cache(cfg, p))
     if not cfg.root:
         raise ConfigError("cifar10 needs data.root (with cifar-10-batches-py/ or train/, test/) "
@@ -509,7 +510,7 @@ def _raw_pickles100(d: Path | None, members: dict[str, bytes] | None = None,
 
 def _raw100(cfg: DataConfig, p: dict) -> _Raw:
     if p["archive"]:
-        return _raw_archive(Path(p["archive"]), (), "cifar-100-python", "meta",
+        return _raw_archive(shared_path(p["archive"]), (), "cifar-100-python", "meta",
                             _raw_pickles100, _cache(cfg, p))
     if not cfg.root:
         raise ConfigError("cifar100 needs data.root (with cifar-100-python/) or "
