@@ -43,16 +43,35 @@ def _cell(v: float | None) -> str:
 
 
 def thesis_table(metrics: dict[str, float], level_sizes: list[int], split: str = "test",
-                 level_names: list[str] | None = None) -> str:
+                 level_names: list[str] | None = None, macro: str | None = None) -> str:
     """Markdown table in the layout of the thesis' Tables 4.6/4.8/4.12/4.15: per level N_i,
-    micro P/R/F1 and macro P/R/F1, plus the overall row."""
-    rows = ["| level | N_i | m-P | m-R | m-F1 | M-P | M-R | M-F1 |",
-            "|---|---|---|---|---|---|---|---|"]
+    micro P/R/F1 and macro P/R/F1, plus the overall row.
+
+    ``macro`` picks the macro convention: ``"active"`` (``macro_*``, labels with
+    TP + FP + FN > 0) or ``"thesis"`` (``macro_*_thesis``, all labels, 0/0 scoring 1; use it
+    for a table meant to sit beside one of the thesis'). Either is named in a caption line above
+    the table; ``None`` (default) prints the ``"active"`` columns with no caption, as before.
+    Cells a run did not log are ``-``."""
+    captions = {  # the caption names the convention shown
+        "active": "Macro P/R/F1 (M-P, M-R, M-F1): hpsearch convention, mean over the labels "
+                  "true or predicted in the split (labels with TP + FP + FN = 0 left out).",
+        "thesis": "Macro P/R/F1 (M-P, M-R, M-F1): thesis convention (published code, "
+                  "MetricsMultiLevel), mean over all N_i labels of the row, a label neither true "
+                  "nor predicted scoring P = R = F1 = 1.",
+    }
+    if macro not in (None, *captions):
+        raise HpsearchError(f"thesis_table macro={macro!r} is not a convention; use "
+                            "'active' or 'thesis'")
+    suffix = "_thesis" if macro == "thesis" else ""
+    cols = [c + (suffix if c.startswith("macro_") else "") for c in LEVEL_COLUMNS]
+    rows = [captions[macro], ""] if macro else []
+    rows += ["| level | N_i | m-P | m-R | m-F1 | M-P | M-R | M-F1 |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, n in enumerate(level_sizes):
         name = level_names[i] if level_names else f"level {i}"
-        vals = [metrics.get(f"{split}_{c}_level_{i}") for c in LEVEL_COLUMNS]
+        vals = [metrics.get(f"{split}_{c}_level_{i}") for c in cols]
         rows.append(f"| {name} | {n} | " + " | ".join(_cell(v) for v in vals) + " |")
-    vals = [metrics.get(f"{split}_{c}") for c in LEVEL_COLUMNS]
+    vals = [metrics.get(f"{split}_{c}") for c in cols]
     rows.append(f"| overall | {sum(level_sizes)} | " + " | ".join(_cell(v) for v in vals)
                 + " |")
     return "\n".join(rows)
@@ -130,8 +149,13 @@ def run_report(tracker: Tracker, run: Any, split: str, extra: Sequence[str]) -> 
     out = [f"### run {run.info.run_id}  ({p.get('model.family')}, {net}, {data}; best epoch "
            f"{int(m.get('best_epoch', 0))} of {run.data.tags.get('hpsearch.epochs_run', '?')}; "
            f"{split} split)\n"]
-    out.append(edge_table(m, split) if kind == "edges" and not levels else
-               thesis_table(m, sizes, split, names))
+    if kind == "edges" and not levels:
+        out.append(edge_table(m, split))
+    elif f"{split}_macro_f1_thesis" in m:  # both macro conventions, each under its name
+        out.append(thesis_table(m, sizes, split, names, macro="active") + "\n\n"
+                   + thesis_table(m, sizes, split, names, macro="thesis"))
+    else:
+        out.append(thesis_table(m, sizes, split, names))
     shown = {k: m[f"{split}_{k}"] for k in extra if f"{split}_{k}" in m}
     if shown:
         out.append("\n" + "  ".join(f"{split}_{k} = {v:.4f}" for k, v in shown.items()))

@@ -6,7 +6,9 @@ level, so micro P = R = F1 = accuracy over (image, level) pairs.
 
 Macro averages run over the labels that occur in the truth or in the predictions; a label that
 is neither true nor predicted anywhere is left out (the published code counted it as F1 = 1,
-which inflates macro scores on small splits).
+which inflates macro scores on small splits). The published code's convention is offered beside
+it under its own names, ``macro_{precision,recall,f1}_thesis`` (:func:`macro_prf_thesis`), for
+tables that sit beside the thesis' own.
 """
 
 from __future__ import annotations
@@ -45,12 +47,58 @@ def prf_from_multihot(pred: Tensor, true: Tensor) -> dict[str, float]:
     }
 
 
+def macro_prf_thesis(pred: Tensor, true: Tensor) -> dict[str, float]:
+    """Macro P/R/F1 of multi-hot ``pred`` vs ``true`` (bool ``[N, C]``) as the thesis' published
+    code scores them: the mean over **all** C labels, a label with TP = FP = FN = 0 scoring 1.
+
+    Per label c (counts over the N images):
+
+    - TP_c = FP_c = FN_c = 0 (neither true nor predicted): P_c = R_c = F1_c = 1;
+    - TP_c = 0 otherwise: P_c = R_c = F1_c = 0;
+    - else P_c = TP_c / (TP_c + FP_c), R_c = TP_c / (TP_c + FN_c), F1_c = 2 P_c R_c / (P_c + R_c).
+
+    macro_X_thesis = (1/C) Σ_c X_c. With A the labels where TP + FP + FN > 0 this is
+    (Σ_{c∈A} X_c + (C − |A|)) / C, whereas :func:`prf_from_multihot`'s ``macro_X`` is
+    Σ_{c∈A} X_c / |A|: the two agree when every label is true or predicted somewhere.
+
+    Source: ankitdhall/learning_embeddings (branch Adam1x) ``network/evaluation.py``
+    ``MetricsMultiLevel.calculate_basic_metrics`` (evaluation.py:505-552), the per-level CNN
+    classifiers' metrics; ``../shared/reference/implementations.md`` §1: "a label with
+    tp=fp=fn=0 (absent and never predicted) counts **P=R=F1=1** in the macro average". Its
+    overall row averages over all labels of all levels at once (``list(range(0, n_classes))``),
+    not over the level means, and each level row over the labels of that level; so does
+    :func:`level_metrics`. (The multi-label model's ``Metrics`` class uses sklearn's per-label
+    scores with the default ``zero_division``, which score such a label 0, and the joint
+    embedding divides the per-level sum by N_l + 1, oe.py:1894; neither is this convention.)
+    """
+    pred, true = pred.bool(), true.bool()
+    tp = (pred & true).sum(0).double()
+    fp = (pred & ~true).sum(0).double()
+    fn = (~pred & true).sum(0).double()
+    idle = (tp + fp + fn) == 0
+    one = torch.ones_like(tp)
+    p = torch.where(idle, one, _safe_div(tp, tp + fp))
+    r = torch.where(idle, one, _safe_div(tp, tp + fn))
+    f = torch.where(idle, one, _safe_div(2 * tp, 2 * tp + fp + fn))
+    n = max(int(tp.numel()), 1)
+    return {"macro_precision_thesis": float(p.sum() / n),
+            "macro_recall_thesis": float(r.sum() / n), "macro_f1_thesis": float(f.sum() / n)}
+
+
 def level_metrics(pred: Tensor, true: Tensor, offsets: Sequence[int],
-                  sizes: Sequence[int]) -> dict[str, float]:
-    """:func:`prf_from_multihot` overall plus per level, suffixed ``_level_<i>``."""
+                  sizes: Sequence[int], *, thesis_macro: bool = False) -> dict[str, float]:
+    """:func:`prf_from_multihot` overall plus per level, suffixed ``_level_<i>``. With
+    ``thesis_macro``, also :func:`macro_prf_thesis` overall (all labels) and per level (the
+    level's labels), for tasks whose published counterpart scores macro that way (the CNN
+    classifiers)."""
     out = prf_from_multihot(pred, true)
+    if thesis_macro:
+        out.update(macro_prf_thesis(pred, true))
     for lvl, (o, s) in enumerate(zip(offsets, sizes, strict=True)):
-        for k, v in prf_from_multihot(pred[:, o:o + s], true[:, o:o + s]).items():
+        part = prf_from_multihot(pred[:, o:o + s], true[:, o:o + s])
+        if thesis_macro:
+            part.update(macro_prf_thesis(pred[:, o:o + s], true[:, o:o + s]))
+        for k, v in part.items():
             out[f"{k}_level_{lvl}"] = v
     return out
 
