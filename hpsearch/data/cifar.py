@@ -37,7 +37,7 @@ from hpsearch.data._io import (
     shared_path,
     split_counts,
 )
-from hpsearch.data.base import DATASETS, HierDataset
+from hpsearch.data.base import DATASETS, HierDataset, ImageSplit
 from hpsearch.data.cache import Encoded, cache_key, cache_root, cached_image_array
 from hpsearch.data.labels import register_dataset_hierarchy
 from hpsearch.errors import ConfigError, DataError
@@ -75,6 +75,7 @@ COMMON: dict[str, Any] = {
     "splits": "pooled",  # pooled: 80/10/10 per class of train+test; standard: official test
     "split_seed": 0,
     "limit_per_class": None,  # keep at most this many images per class (quick runs)
+    "train_per_class": None,  # after the split: at most this many TRAIN images per class
     "normalization": "dataset",  # dataset | imagenet (mean/std handed to the model)
     "cache_dir": None,
     "workers": None,
@@ -392,6 +393,9 @@ def select(raw: _Raw, p: dict, val_fraction: float) -> tuple[np.ndarray, list[in
     ``limit_per_class`` (random, seeded), then split 80/10/10 (:func:`split_counts`).
     ``standard``: the official test set is the test split; val is ``val_fraction`` of each
     class's training images; the cap applies to train and test separately.
+    ``train_per_class`` is not used here (it never changes these rows): see
+    :func:`train_subset`. Both may be set: ``limit_per_class`` shrinks the pool (all splits),
+    then ``train_per_class`` caps only the train split of what is left.
     """
     if p["splits"] not in ("pooled", "standard"):
         raise ConfigError(f"data.params.splits must be pooled or standard, got {p['splits']!r}")
@@ -416,6 +420,39 @@ def select(raw: _Raw, p: dict, val_fraction: float) -> tuple[np.ndarray, list[in
     return np.concatenate(rows), [len(r) for r in rows]
 
 
+TRAIN_SUBSET_STREAM = 4_202  # second word of the train_per_class seed (see train_subset)
+
+
+def check_train_per_class(value: Any) -> int | None:
+    """``data.params.train_per_class``: ``None`` or a positive int (a bool is not a count)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ConfigError(f"data.params.train_per_class must be a positive int or null, got "
+                          f"{value!r}; give e.g. 100 or 1000 (thesis Table 4.2), or null for all")
+    return value
+
+
+def train_subset(labels: np.ndarray, k: int | None, seed: int) -> np.ndarray:
+    """Positions (sorted) of the train rows kept by ``train_per_class = k``.
+
+    Thesis §4.2.1 / Table 4.2 vary the training images per class (100, 1,000, all) with val
+    and test fixed, so this runs AFTER :func:`select`: val and test rows never depend on ``k``.
+    Per leaf class ``c`` (``labels``: the class of each train row), the rows are shuffled by
+    ``np.random.default_rng([seed, TRAIN_SUBSET_STREAM, c])`` and the first ``min(count, k)``
+    are kept. The generator is separate from the split's, and per class, so the subsets are
+    deterministic, independent of the other classes' counts, and nested (k=100 is a subset of
+    k=1000 for the same seed).
+    """
+    if k is None:
+        return np.arange(len(labels))
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng = np.random.default_rng([int(seed), TRAIN_SUBSET_STREAM, int(c)])
+        keep.append(rng.permutation(idx)[:k])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
 def _normalization(p: dict, mean: tuple, std: tuple) -> tuple[tuple, tuple]:
     if p["normalization"] == "dataset":
         return mean, std
@@ -429,8 +466,16 @@ def build_from_raw(
     name: str, cfg: DataConfig, p: dict, raw: _Raw, h: Hierarchy, level_labels: np.ndarray,
     mean: tuple, std: tuple,
 ) -> HierDataset:
-    """Select rows, decode/resize once through the cache, slice into splits."""
+    """Select rows, decode/resize once through the cache, slice into splits.
+
+    ``train_per_class`` is applied to the train rows after the cached array is loaded (see
+    :func:`train_subset`), so every setting of it shares the one cache entry of the full split
+    (decoded once for 100 / 1,000 / all) and val/test are the very same rows. The kept train
+    rows are then an in-memory copy (k x classes images) instead of a memory-map view, unless
+    nothing is dropped.
+    """
     mean, std = _normalization(p, mean, std)
+    k = check_train_per_class(p.get("train_per_class"))
     rows, sizes = select(raw, p, cfg.val_fraction)
     size = int(cfg.image_size)
     key = {"dataset": name, "src": raw.key, "rows": cache_key(rows.tolist()), "size": size}
@@ -442,8 +487,14 @@ def build_from_raw(
         _release()
     ids = [raw.ids[i] for i in rows]
     splits = contiguous_splits(images, level_labels[rows], sizes, ids)
+    keep = train_subset(raw.labels[rows[:sizes[0]]], k, int(p["split_seed"]))
+    if len(keep) < sizes[0]:
+        tr = splits[0]
+        splits[0] = ImageSplit(np.ascontiguousarray(tr.images[keep]), tr.level_labels[keep],
+                               tuple(tr.ids[i] for i in keep))
     return HierDataset(name, h, *splits, mean=mean, std=std,
-                       meta={"splits": p["splits"], "size": size, "source": raw.key})
+                       meta={"splits": p["splits"], "size": size, "source": raw.key,
+                             "train_per_class": k})
 
 
 def _root_dir(cfg: DataConfig) -> str | None:
@@ -460,7 +511,8 @@ def cifar10_hierarchy() -> Hierarchy:
 
 @register_dataset_hierarchy("cifar10")
 def _cifar10_h(cfg: DataConfig) -> Hierarchy:
-    check_params("data.params (cifar10)", cfg.params, COMMON)
+    p = check_params("data.params (cifar10)", cfg.params, COMMON)
+    check_train_per_class(p["train_per_class"])
     return cifar10_hierarchy()
 
 
@@ -570,6 +622,7 @@ def cifar100_hierarchy(p: dict, fine: list[str], coarse: list[str],
 def _cifar100_params(cfg: DataConfig) -> dict:
     p = check_params("data.params (cifar100)", cfg.params, {**COMMON, **CIFAR100_EXTRA,
                                                              "splits": "standard"})
+    check_train_per_class(p["train_per_class"])
     return p
 
 

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "val_size": 10000,  # images carved from train for val (stratified); None: data.val_fraction
     "split_seed": 0,
     "limit_per_class": None,  # cap per class, applied to train and test separately
+    "train_per_class": None,  # after the split: at most this many TRAIN images per class
     "normalization": "dataset",  # dataset | imagenet
     "cache_dir": None,
     "workers": None,
