@@ -241,6 +241,8 @@ def test_multi_objective_search_keeps_its_study_in_optuna_storage(tmp_path):
         '[["val_micro_f1", "max"], ["val_macro_f1", "max"]]'
     assert t.load_dict(out.parent_run_id, "space.json")["sampler"]["type"] == "nsga2"
 
+    _dashboard_shows(storage, out.search_id, n_trials=3)
+
     cp = subprocess.run([sys.executable, "-m", "hpsearch.cli", "best", "--results-dir",
                          str(res)], capture_output=True, text=True, timeout=300, env=env)
     assert cp.returncode == 0, cp.stderr
@@ -283,3 +285,46 @@ def test_a_grid_search_cannot_ask_for_more_trials_than_points(tmp_path):
     with pytest.raises(ConfigError, match="the grid has 2 points but 3 trials"):
         preflight(sp, SearchOptions(results_dir=str(tmp_path)))
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def _dashboard_shows(storage: str, study: str, n_trials: int) -> None:
+    """optuna-dashboard, started as a user starts it on the search's storage, serves the study
+    with its trials (its JSON API, what its pages draw from)."""
+    import json
+    import os
+    import shutil
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name(
+        "optuna-dashboard"))
+    if not Path(exe).exists():
+        pytest.skip("optuna-dashboard is not installed (the test extra has it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, storage, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline, summaries = time.time() + 120, None
+        while time.time() < deadline and summaries is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                            timeout=5) as r:
+                    summaries = json.load(r)["study_summaries"]
+            except OSError:
+                assert proc.poll() is None, "optuna-dashboard exited"
+                time.sleep(0.5)
+        assert summaries is not None, "optuna-dashboard did not answer in 120 s"
+        (sid,) = [x["study_id"] for x in summaries if x["study_name"] == study]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sid}?after=0",
+                                    timeout=30) as r:
+            detail = json.load(r)
+        assert [t["state"] for t in detail["trials"]] == ["Complete"] * n_trials
+        assert len(detail["directions"]) == 2 and detail["best_trials"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
