@@ -268,7 +268,8 @@ class Predictor:
             in_ch = 1 if cfg.model.grayscale else self.pre["channels"]
             # the weights file replaces any pretrained weights: no need for that file here
             mcfg = cfg.model.model_copy(update={"pretrained_weights": None,
-                                                "freeze_backbone": False})
+                                                "freeze_backbone": False,
+                                                "train_layers": "all"})
             model = build_model(mcfg, self.h, in_ch)
             model.load_state_dict(_read_weights(bundle.path / bundle.manifest["weights"]))
             pre = Preprocess(mean=tuple(self.pre["mean"]), std=tuple(self.pre["std"]),

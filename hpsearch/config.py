@@ -18,6 +18,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from hpsearch.errors import ConfigError
 
@@ -53,11 +54,36 @@ class ModelConfig(_Frozen):
     family: str = "per_level"  # a registered model family (hpsearch.models.FAMILIES)
     backbone: str = "small_cnn"  # a registered backbone (hpsearch.models.BACKBONES)
     pretrained_weights: str | None = None  # local .pth of ImageNet weights; never downloaded
-    freeze_backbone: bool = False  # train only the head (thesis --freeze_weights)
+    # which parameters train (searchable): "all"; "head" (thesis Table 4.3 "last layer only",
+    # --freeze_weights); "first_and_head" (Table 4.4: the backbone's first conv + the head).
+    # Frozen parameters leave the optimizer and their BatchNorm stays in eval mode.
+    train_layers: Literal["all", "head", "first_and_head"] = "all"
+    freeze_backbone: bool = False  # deprecated: true means train_layers=head (old configs)
     grayscale: bool = False  # feed 1-channel images (thesis Table 4.9)
     width: int = Field(32, gt=0)  # channels of the small CNN's first stage
     # the family's own options, typed by the family (validated by TrialConfig, never re-parsed)
     params: SerializeAsAny[FamilyParams] = Field(default_factory=lambda: FamilyParams())
+
+    @model_validator(mode="after")
+    def _train_layers(self) -> ModelConfig:
+        """``freeze_backbone`` (kept so old configs and checkpoints still load) may only agree
+        with ``train_layers``; a partly frozen backbone needs weights to freeze. (The legacy
+        ``freeze_backbone`` without weights is refused when the backbone is built.)"""
+        if self.freeze_backbone and "train_layers" in self.model_fields_set \
+                and self.train_layers != "head":
+            raise PydanticCustomError(CONFIG_ERROR, "{msg}", {"msg": (
+                f"model.freeze_backbone=true and model.train_layers={self.train_layers} "
+                "disagree; drop freeze_backbone (deprecated: it means train_layers=head)")})
+        if self.train_layers != "all" and not self.pretrained_weights:
+            raise PydanticCustomError(CONFIG_ERROR, "{msg}", {"msg": (
+                f"model.train_layers={self.train_layers} needs model.pretrained_weights (a "
+                "frozen random backbone learns nothing); set it or use train_layers=all")})
+        return self
+
+    @property
+    def trained_layers(self) -> str:
+        """The effective ``train_layers``: ``"head"`` under the legacy ``freeze_backbone``."""
+        return "head" if self.freeze_backbone else self.train_layers
 
 
 class OptimConfig(_Frozen):

@@ -1,7 +1,8 @@
 """Backbones: image ``[B, C, H, W]`` -> features ``[B, F]`` via ``forward_features``.
 
 torchvision builds the architectures; ImageNet weights are loaded only from a local file the
-user names (``model.pretrained_weights``), never downloaded at run time.
+user names (``model.pretrained_weights``), never downloaded at run time. ``model.train_layers``
+chooses which of the backbone's parameters train (:func:`apply_train_layers`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,27 @@ from hpsearch.registry import Registry
 
 
 class Backbone(nn.Module):
-    """Wraps a feature extractor; ``out_dim`` is the feature size."""
+    """Wraps a feature extractor; ``out_dim`` is the feature size.
+
+    ``frozen_bn`` (set by :func:`apply_train_layers`): BatchNorm layers whose parameters are
+    all frozen stay in eval mode under ``train()``, so the running statistics of the weights
+    file are used and kept, not re-estimated from the new data's batches.
+    """
 
     def __init__(self, body: nn.Module, out_dim: int) -> None:
         super().__init__()
         self.body = body
         self.out_dim = out_dim
+        self.frozen_bn = False
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if mode and self.frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) \
+                        and not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
+        return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.body(x), 1)  # [B, F]
@@ -49,7 +65,26 @@ def small_cnn(cfg: ModelConfig, in_ch: int) -> Backbone:
 
     body = nn.Sequential(*stage(in_ch, w), nn.MaxPool2d(2), *stage(w, 2 * w), nn.MaxPool2d(2),
                          *stage(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1))
+    if cfg.pretrained_weights:  # the body's own state dict (torch.save(bb.body.state_dict()))
+        body.load_state_dict(_read_weights(cfg.pretrained_weights, "the small CNN's body"))
     return Backbone(body, 4 * w)
+
+
+def _read_weights(file: str, what: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``file``, loaded tensors-only (a planted pickle is refused, never
+    run); ``what`` names the module whose ``state_dict()`` belongs there."""
+    path = Path(file)
+    if not path.is_file():
+        raise DataError(f"model.pretrained_weights: {path} does not exist (weights are "
+                        f"never downloaded; save {what}'s state_dict there)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        why = "it holds more than tensors" if isinstance(e, pickle.UnpicklingError) \
+            else "it is not a torch.save file"
+        raise DataError(f"model.pretrained_weights: {path} refused ({why}; nothing "
+                        f"in it was run); save {what}'s state_dict there "
+                        "(torch.save(model.state_dict(), path))") from None
 
 
 def _torchvision(name: str, small_input_stem: bool = False) -> BackboneBuilder:
@@ -64,19 +99,7 @@ def _torchvision(name: str, small_input_stem: bool = False) -> BackboneBuilder:
 
         net = getattr(torchvision.models, name)(weights=None)
         if cfg.pretrained_weights:
-            path = Path(cfg.pretrained_weights)
-            if not path.is_file():
-                raise DataError(f"model.pretrained_weights: {path} does not exist (weights are "
-                                "never downloaded; save torchvision's state_dict there)")
-            try:  # tensors and plain data only: a planted pickle is refused, never run
-                weights = torch.load(path, map_location="cpu", weights_only=True)
-            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-                why = "it holds more than tensors" if isinstance(e, pickle.UnpicklingError) \
-                    else "it is not a torch.save file"
-                raise DataError(f"model.pretrained_weights: {path} refused ({why}; nothing "
-                                "in it was run); save torchvision's state_dict there "
-                                "(torch.save(model.state_dict(), path))") from None
-            net.load_state_dict(weights)
+            net.load_state_dict(_read_weights(cfg.pretrained_weights, "torchvision"))
         if small_input_stem:
             net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -125,10 +148,46 @@ for _name in ("resnet18", "resnet34", "resnet50"):
 
 def build_backbone(cfg: ModelConfig, in_ch: int = 3) -> Backbone:
     bb = BACKBONES.get(cfg.backbone)(cfg, in_ch)
-    if cfg.freeze_backbone:
-        if not cfg.pretrained_weights:
-            raise ConfigError("model.freeze_backbone=true needs model.pretrained_weights: a "
-                              "frozen random backbone learns nothing")
-        for p in bb.parameters():
-            p.requires_grad_(False)
+    if cfg.freeze_backbone and not cfg.pretrained_weights:
+        raise ConfigError("model.freeze_backbone=true needs model.pretrained_weights: a "
+                          "frozen random backbone learns nothing")
+    apply_train_layers(bb, cfg.trained_layers)
     return bb
+
+
+def first_conv(module: nn.Module) -> nn.Conv2d:
+    """The first ``nn.Conv2d`` in module order: ``conv1`` of the ResNets (the new 3×3 stem of
+    the ``*_cifar`` ones), ``features[0]`` of AlexNet / VGG, the small CNN's first conv, each
+    after any grayscale adaptation (it is replaced in place)."""
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ConfigError(f"model.train_layers=first_and_head: {type(module).__name__} has no "
+                          "nn.Conv2d; use train_layers=head or all")
+    return conv
+
+
+def apply_train_layers(bb: Backbone, mode: str) -> None:
+    """Freeze what ``model.train_layers`` does not train (``requires_grad=False``: the
+    experiment leaves such parameters out of its optimizer, so neither weight decay nor
+    momentum touches them).
+
+    ``all``: every parameter trains. ``head``: none of the backbone's (the hierarchy head on top
+    trains; it is what replaces the ImageNet classifier's last layer, which the backbones drop,
+    so "last layer only" of thesis Table 4.3 is exactly the head). ``first_and_head``: only the
+    first conv (:func:`first_conv`: weight and bias, not its BatchNorm), as in Table 4.4.
+    Frozen BatchNorm layers stay in eval mode during training (:class:`Backbone`): the thesis
+    keeps "the rest of the weights fixed", and a BN left in train mode would still rewrite its
+    running statistics (buffers, not parameters) from the new data and normalise each batch by
+    its own statistics. (The published ``--freeze_weights`` is recorded only as clearing
+    ``requires_grad``; whether its BN layers ran in train mode is not known.)
+    """
+    if mode == "all":
+        return
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    if mode == "first_and_head":
+        for p in first_conv(bb).parameters():
+            p.requires_grad_(True)
+    elif mode != "head":
+        raise ConfigError(f"model.train_layers={mode!r}; allowed: all, head, first_and_head")
+    bb.frozen_bn = True

@@ -269,7 +269,7 @@ CLASSIFIER_ONLY_KEYS = ("optim.optimizer", "optim.momentum", "optim.weight_decay
                         "optim.channels_last", "optim.level_weights")
 # the image backbone's keys, unused by tasks that train no backbone
 BACKBONE_KEYS = ("model.backbone", "model.width", "model.pretrained_weights",
-                 "model.freeze_backbone", "model.grayscale")
+                 "model.freeze_backbone", "model.train_layers", "model.grayscale")
 
 
 def untrained_metric_names(cfg: TrialConfig) -> set[str]:

@@ -260,7 +260,8 @@ def source_feature_dim(model: ModelConfig, params: JointEmbeddingParams, in_ch: 
         mc = ModelConfig(backbone=model.backbone, width=model.width, grayscale=model.grayscale)
         in_ch = 1 if model.grayscale else in_ch
     return int(build_backbone(mc.model_copy(update={"pretrained_weights": None,
-                                                    "freeze_backbone": False}), in_ch).out_dim)
+                                                    "freeze_backbone": False,
+                                                    "train_layers": "all"}), in_ch).out_dim)
 
 
 # ---------------------------------------------------------------------- cache
