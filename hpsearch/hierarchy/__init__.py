@@ -15,7 +15,8 @@ common ancestor have ``lca == -1`` and an LCA height of ``max_height + 1``.
 Modules: :mod:`~hpsearch.hierarchy.value` (the :class:`Hierarchy` class and
 :func:`encode_level_labels`), :mod:`~hpsearch.hierarchy.build` (parsing and validation behind
 its constructors), :mod:`~hpsearch.hierarchy.graph` (pure graph algorithms: depths, heights,
-ancestors, LCA, transitive closure and reduction). Import from here.
+ancestors, LCA, transitive closure and reduction), :mod:`~hpsearch.hierarchy.padding` (the
+dummy nodes of ``leveling: pad`` and the original tree behind them). Import from here.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from hpsearch.hierarchy.graph import (
     transitive_closure,
     transitive_reduction,
 )
+from hpsearch.hierarchy.padding import PAD_SEP, pad_nodes, unpadded
 from hpsearch.hierarchy.value import Hierarchy, encode_level_labels
 
 __all__ = [
-    "Hierarchy", "edge_difference", "encode_level_labels", "transitive_closure",
-    "transitive_reduction",
+    "PAD_SEP", "Hierarchy", "edge_difference", "encode_level_labels", "pad_nodes",
+    "transitive_closure", "transitive_reduction", "unpadded",
 ]

@@ -27,6 +27,12 @@ Differences from their code, all documented:
 * If the ideal sum is 0 (all other items have similarity 0 to the query) HP is 1: every
   ranking is optimal. Their code divides 0 by 0.
 
+The class similarity is measured on the *original* tree (:func:`leaf_class_similarity`): for a
+hierarchy padded by ``leveling: pad`` (dummy chains above shallow leaves, so the per-level heads
+have a label on every level) the dummies are dropped first, because they raise the heights of
+the shallow leaves' ancestors and with them s = 1 - height(lcs)/max height. Barz & Denzler's
+numbers are on their unbalanced trees (e.g. CIFAR-100's), so ours are too.
+
 Everything is vectorised in torch and the N x N similarity is processed in query chunks.
 """
 
@@ -35,15 +41,39 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from hpsearch.class_embeddings import lcs_height_similarity, wup_similarity
 from hpsearch.errors import ConfigError
+from hpsearch.hierarchy import Hierarchy, unpadded
 
 Metric = Literal["dot", "euclidean"]
 
 #: Elements of one [chunk, N] score block (x 12 bytes with the sort indices): ~50 MB.
 CHUNK_ELEMENTS = 1 << 22
+
+
+def leaf_class_similarity(h: Hierarchy, kind: Literal["lcs", "wup"] = "lcs") -> np.ndarray:
+    """``[C, C]`` float64 similarity of the last level's classes of ``h`` (local-index order,
+    i.e. label order), measured on the original tree behind any ``leveling: pad``.
+
+    ``lcs``: s(a, b) = 1 - height_T(lcs(a, b)) / max_height_T (Barz & Denzler 2019, eq. 1;
+    ``class_hierarchy.py`` ``lcs_height``), ``wup``: Wu-Palmer on depths in T, where T =
+    :func:`hpsearch.hierarchy.unpadded` (h) — h itself unless h was padded. The LCS is the same
+    in both trees (a padding node has one child, so it never is the LCS of two distinct leaves:
+    the padded LCS is already its first non-dummy ancestor); only heights and depths differ.
+
+    Example: root -> {A -> {A1 -> {a1, a2}, a3}, B -> {b1, b2}} (b1, b2 at depth 2, a1 at 3).
+    Padding adds B -> b1~2 -> b1, so height(B) goes 1 -> 2 and s(b1, b2) = 1 - 2/3 = 1/3 on
+    the padded tree, but 1 - 1/3 = 2/3 on the original, which is what this returns.
+    """
+    if kind not in ("lcs", "wup"):
+        raise ConfigError(f"kind {kind!r} is unknown; allowed: lcs, wup")
+    t = unpadded(h)
+    leaves = [t.index[h.names[g]] for g in h.levels[-1]]
+    return (lcs_height_similarity if kind == "lcs" else wup_similarity)(t, leaves)
 
 
 def _as_tensor(x: Any, dtype: torch.dtype | None = None) -> Tensor:

@@ -26,9 +26,13 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from hpsearch.class_embeddings import class_embedding, lcs_height_similarity, wup_similarity
-from hpsearch.hierarchy import Hierarchy
-from hpsearch.metrics.retrieval import balanced_accuracy, retrieval_metrics
+from hpsearch.class_embeddings import class_embedding
+from hpsearch.hierarchy import Hierarchy, unpadded
+from hpsearch.metrics.retrieval import (
+    balanced_accuracy,
+    leaf_class_similarity,
+    retrieval_metrics,
+)
 from hpsearch.models.base import (
     FamilyParams,
     Head,
@@ -74,7 +78,9 @@ class SemanticEmbeddingHead(Head):
     """features ``[B, F]`` -> Linear(F, D) -> L2-normalise (+ classifier logits).
 
     Buffers: ``class_embeddings`` ``[C, D]`` (unit rows), ``sim_lcs`` / ``sim_wup`` ``[C, C]``
-    class similarities for retrieval metrics, ``leaf_paths`` ``[C, L]`` for level marginals.
+    class similarities for retrieval metrics (on the original tree behind ``leveling: pad``,
+    :func:`~hpsearch.metrics.retrieval.leaf_class_similarity`), ``leaf_paths`` ``[C, L]`` for
+    level marginals.
     """
 
     def __init__(self, in_dim: int, hierarchy: Hierarchy, params: SemanticParams) -> None:
@@ -83,13 +89,16 @@ class SemanticEmbeddingHead(Head):
         self.params = params
         leaves = list(hierarchy.levels[-1])  # local index order = label order
         normalize = params.embedding_method == "approx"  # rows of a rank-d approx are < 1
-        _, E = class_embedding(hierarchy, [hierarchy.names[g] for g in leaves],
+        # on the original tree, as Barz & Denzler do: padding (leveling: pad) would raise the
+        # inner nodes' heights and change the embedding's pairwise similarities
+        _, E = class_embedding(unpadded(hierarchy), [hierarchy.names[g] for g in leaves],
                                params.embedding_method, params.embedding_dim,
                                normalize=normalize)
         self.num_classes, self.dim = E.shape
         self.register_buffer("class_embeddings", torch.tensor(E, dtype=torch.float32))
-        self.register_buffer("sim_lcs", torch.tensor(lcs_height_similarity(hierarchy, leaves)))
-        self.register_buffer("sim_wup", torch.tensor(wup_similarity(hierarchy, leaves)))
+        # retrieval is scored on the original tree's heights/depths, not the padded one's
+        self.register_buffer("sim_lcs", torch.tensor(leaf_class_similarity(hierarchy, "lcs")))
+        self.register_buffer("sim_wup", torch.tensor(leaf_class_similarity(hierarchy, "wup")))
         self.register_buffer("leaf_paths", torch.tensor(np.asarray(hierarchy.leaf_paths)))
         self.embed = nn.Linear(in_dim, self.dim)
         self.classifier: nn.Module | None = None

@@ -15,13 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hpsearch.class_embeddings import lcs_height_similarity
 from hpsearch.data.transforms import Preprocess
 from hpsearch.errors import NonFiniteLossError
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.metrics.classification import level_metrics, levels_to_multihot
 from hpsearch.metrics.hierarchical import hierarchical_metric_suite
-from hpsearch.metrics.retrieval import balanced_accuracy, retrieval_metrics
+from hpsearch.metrics.retrieval import balanced_accuracy, leaf_class_similarity, retrieval_metrics
 from hpsearch.models.base import Head
 
 
@@ -119,10 +118,12 @@ def collect_outputs(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]],
 
 def leaf_similarity(h: Hierarchy) -> torch.Tensor | None:
     """``retrieval_sim`` for :func:`evaluate`: LCS-height similarity of the last level's
-    labels (Barz & Denzler), ``None`` for a hierarchy that is not leveled."""
+    labels (Barz & Denzler) on the original tree behind any ``leveling: pad``
+    (:func:`~hpsearch.metrics.retrieval.leaf_class_similarity`), ``None`` for a hierarchy that
+    is not leveled."""
     if not h.is_leveled:
         return None
-    return torch.as_tensor(lcs_height_similarity(h, list(h.levels[-1])), dtype=torch.float32)
+    return torch.as_tensor(leaf_class_similarity(h), dtype=torch.float32)
 
 
 def evaluate(head: Head, outputs: Tensor, level_labels: Tensor, *, calibrate: bool = False,
