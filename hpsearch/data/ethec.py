@@ -5,6 +5,16 @@ Dhall, "Learning Representations for Images with Hierarchical Labels", §1.2.1 a
 (561); 723 labels. "ETHEC Small" (Table 2.1) keeps 12 leaves (5 families, 6 subfamilies,
 9 genera).
 
+"Merged" names the leaf level: genus and specific epithet are merged into one label
+(``Colias_staudingeri``) because an epithet alone is not unique: ``staudingeri`` occurs under
+*Colias* (Pieridae) and *Cupido* (Lycaenidae). The thesis' full collection without that merge
+(§2.3.3: 25 families, 91 subfamilies, 842 genera, 2,429 specific epithets; 3,387 nodes, 3,537
+edges) keeps the raw names, one node per distinct name per level, so such an epithet is *one*
+node with several parent genera: a DAG (3,537 edges > the 3,362 of a 3,387-node forest with 25
+roots). ``hierarchy="unmerged"`` builds that graph (levels family / subfamily / genus /
+specific_epithet); the label-embedding families read it, the per-level image classifiers
+need the tree.
+
 On disk (the v0.1 archive)::
 
     <root>/train.json, val.json, test.json           metadata (dict keyed by token)
@@ -49,6 +59,8 @@ from hpsearch.errors import ConfigError, DataError
 from hpsearch.hierarchy import Hierarchy, encode_level_labels
 
 LEVEL_NAMES = ("family", "subfamily", "genus", "genus_specific_epithet")
+UNMERGED_LEVEL_NAMES = ("family", "subfamily", "genus", "specific_epithet")
+HIERARCHIES = ("merged", "unmerged")
 REQUIRED = ("family", "subfamily", "genus", "specific_epithet")
 SPLIT_FILES = ("train.json", "val.json", "test.json")
 IMAGE_DIRS = ("IMAGO_build_test_resized", "ETHEC_dataset/IMAGO_build_test_resized", "images")
@@ -67,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "splits": "auto",  # auto | published | resplit
     "split_seed": 0,  # shuffling of the re-split (not the training seed)
     "small": False,  # ETHEC Small (Table 2.1)
+    "hierarchy": "merged",  # merged (tree, genus_specific_epithet leaves) | unmerged (DAG)
     "resize": None,  # side of the cached images (default: data.image_size)
     "cache_dir": None,
     "workers": None,  # decoding threads (default: all CPUs, at most 16)
@@ -103,10 +116,56 @@ def load_ethec_records(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def ethec_label_path(rec: dict[str, Any]) -> tuple[str, str, str, str]:
-    """``(family, subfamily, genus, genus_specific_epithet)`` of a record."""
-    return (rec["family"], rec["subfamily"], rec["genus"],
-            f"{rec['genus']}_{rec['specific_epithet']}")
+def ethec_label_path(
+    rec: dict[str, Any], hierarchy: str = "merged"
+) -> tuple[str, str, str, str]:
+    """``(family, subfamily, genus, genus_specific_epithet)`` of a record; with
+    ``hierarchy="unmerged"`` the last entry is the bare ``specific_epithet``."""
+    leaf = rec["specific_epithet"] if hierarchy == "unmerged" else \
+        f"{rec['genus']}_{rec['specific_epithet']}"
+    return (rec["family"], rec["subfamily"], rec["genus"], leaf)
+
+
+def check_hierarchy_option(value: Any, where: str = "data.params.hierarchy") -> str:
+    """``value`` if it is ``merged`` or ``unmerged``, else a one-line :class:`ConfigError`."""
+    if value not in HIERARCHIES:
+        raise ConfigError(f"{where} must be merged or unmerged, got {value!r}")
+    return str(value)
+
+
+def _records_hierarchy(recs: list[dict[str, Any]], hierarchy: str) -> Hierarchy:
+    """The merged tree, or the unmerged graph: one node per distinct name per level, an edge
+    per (parent level name, child level name) seen in a record, several parents allowed."""
+    if hierarchy == "merged":
+        return Hierarchy.from_level_labels((ethec_label_path(r) for r in recs),
+                                           level_names=LEVEL_NAMES)
+    rows = [ethec_label_path(r, "unmerged") for r in recs]
+    level_of: dict[str, int] = {}
+    for row in rows:
+        for k, name in enumerate(row):
+            if level_of.setdefault(name, k) != k:
+                raise DataError(
+                    f"ETHEC name {name!r} is both a {UNMERGED_LEVEL_NAMES[level_of[name]]} and "
+                    f"a {UNMERGED_LEVEL_NAMES[k]}; the unmerged graph needs names unique "
+                    "across levels: use data.params.hierarchy=merged")
+    edges = dict.fromkeys((p, c) for row in rows for p, c in zip(row, row[1:], strict=False))
+    roots = list(dict.fromkeys(row[0] for row in rows))
+    return Hierarchy.from_edges(edges, nodes=roots, require_tree=False,
+                                level_names=UNMERGED_LEVEL_NAMES)
+
+
+def _require_tree(h: Hierarchy, hierarchy: str) -> None:
+    """Refuse an unmerged DAG where per-level image classifiers need a tree."""
+    if h.is_tree:
+        return
+    multi = [i for i, ps in enumerate(h.parents) if len(ps) > 1]
+    i = multi[0]
+    raise ConfigError(
+        f"data.params.hierarchy={hierarchy} gives a DAG ({len(multi)} labels with several "
+        f"parents, e.g. {h.names[i]!r} under {', '.join(repr(h.names[p]) for p in h.parents[i])})"
+        ", but the ethec image dataset's per-level classifiers need a tree: use "
+        "data.params.hierarchy=merged. Only the label-embedding families read a DAG: "
+        "data.params: {label_source: ethec, hierarchy: unmerged}")
 
 
 def ethec_image_relpath(rec: dict[str, Any], *, where: str = "record") -> str:
@@ -123,20 +182,23 @@ def ethec_image_relpath(rec: dict[str, Any], *, where: str = "record") -> str:
 
 
 def ethec_hierarchy(
-    metadata_paths: str | Path | Iterable[str | Path], *, small: bool = False
+    metadata_paths: str | Path | Iterable[str | Path], *, small: bool = False,
+    hierarchy: str = "merged",
 ) -> Hierarchy:
-    """The ETHEC Merged tree from metadata files (give all splits for the full 6/21/135/561).
+    """The ETHEC Merged tree from metadata files (give all splits for the full 6/21/135/561),
+    or with ``hierarchy="unmerged"`` the DAG of bare names (see the module docstring).
 
-    Nodes are ordered by first appearance, files in the given order.
+    Nodes are ordered by first appearance, files in the given order. ``small`` keeps the
+    ETHEC Small leaves (matched on genus + epithet) in both variants.
     """
+    hierarchy = check_hierarchy_option(hierarchy, "ethec_hierarchy(hierarchy=...)")
     recs = [r for p in as_path_list(metadata_paths, "metadata_paths")
             for r in load_ethec_records(p)]
     if small:
         recs = [r for r in recs if ethec_label_path(r)[3] in ETHEC_SMALL_LEAVES]
     if not recs:
         raise DataError(f"no ETHEC records in {metadata_paths}")
-    return Hierarchy.from_level_labels((ethec_label_path(r) for r in recs),
-                                       level_names=LEVEL_NAMES)
+    return _records_hierarchy(recs, hierarchy)
 
 
 @dataclass(frozen=True)
@@ -154,6 +216,7 @@ def _params(cfg: DataConfig) -> dict[str, Any]:
     if p["splits"] not in ("auto", "published", "resplit"):
         raise ConfigError(f"data.params.splits must be auto, published or resplit, got "
                           f"{p['splits']!r}")
+    check_hierarchy_option(p["hierarchy"])
     return p
 
 
@@ -204,8 +267,7 @@ def _plan(cfg: DataConfig, p: dict[str, Any]) -> _Plan:
     if not all_recs:
         raise DataError(f"no ETHEC records left in {[str(f) for f in files]}"
                         + (" after the ETHEC Small filter" if p["small"] else ""))
-    h = Hierarchy.from_level_labels((ethec_label_path(r) for r in all_recs),
-                                    level_names=LEVEL_NAMES)
+    h = _records_hierarchy(all_recs, p["hierarchy"])
     return _Plan(splits=splits, hierarchy=h, mode=mode, files=tuple(files))  # type: ignore
 
 
@@ -223,7 +285,9 @@ def _image_dir(cfg: DataConfig, p: dict[str, Any]) -> Path:
 
 @register_dataset_hierarchy("ethec")
 def ethec_dataset_hierarchy(cfg: DataConfig) -> Hierarchy:
-    """The hierarchy :func:`build_ethec` would give, from metadata only."""
+    """The hierarchy :func:`build_ethec` would give, from metadata only; with
+    ``hierarchy=unmerged`` the DAG itself (label-only readers take it, the image builder
+    refuses it)."""
     return _plan(cfg, _params(cfg)).hierarchy
 
 
@@ -236,6 +300,7 @@ def build_ethec(cfg: DataConfig) -> HierDataset:
     """
     p = _params(cfg)
     plan = _plan(cfg, p)
+    _require_tree(plan.hierarchy, p["hierarchy"])
     img_dir = _image_dir(cfg, p)
     size = int(p["resize"] or cfg.image_size)
     recs = [r for s in plan.splits for r in s]
@@ -246,13 +311,15 @@ def build_ethec(cfg: DataConfig) -> HierDataset:
                                 cache=cache_root(cfg.root, p["cache_dir"]), name="ethec",
                                 workers=p["workers"],
                                 stamp=lambda: files_stamp(img_dir / r for r in rel))
-    labels = encode_level_labels(plan.hierarchy, (ethec_label_path(r) for r in recs))
+    labels = encode_level_labels(plan.hierarchy,
+                                 (ethec_label_path(r, p["hierarchy"]) for r in recs))
     out = contiguous_splits(images, labels, [len(s) for s in plan.splits], rel)
-    return HierDataset(
-        "ethec", plan.hierarchy, *out, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        meta={"splits": plan.mode, "small": bool(p["small"]), "image_dir": str(img_dir),
-              "metadata": [str(f) for f in plan.files], "size": size},
-    )
+    meta = {"splits": plan.mode, "small": bool(p["small"]), "image_dir": str(img_dir),
+            "metadata": [str(f) for f in plan.files], "size": size}
+    if p["hierarchy"] != "merged":  # the default's meta stays as it was
+        meta["hierarchy"] = p["hierarchy"]
+    return HierDataset("ethec", plan.hierarchy, *out, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                       meta=meta)
 
 
 def default_ethec_metadata() -> list[Path]:
@@ -263,12 +330,15 @@ def default_ethec_metadata() -> list[Path]:
 
 @register_label_source("ethec")
 def _source_ethec(**params: Any) -> LabelGraph:
-    """ETHEC Merged (6/21/135/561) from metadata JSON files.
+    """ETHEC Merged (6/21/135/561) from metadata JSON files, or the unmerged DAG.
 
     Params: ``paths`` (one JSON or a list; default the shared val+test files), ``small``
-    (ETHEC Small, thesis Table 2.1).
+    (ETHEC Small, thesis Table 2.1), ``hierarchy`` (``merged`` | ``unmerged``: bare specific
+    epithets, one node per name per level, several parents allowed; thesis §2.3.3).
     """
-    p = check_params("label source 'ethec'", params, {"paths": None, "small": False})
+    p = check_params("label source 'ethec'", params,
+                     {"paths": None, "small": False, "hierarchy": "merged"})
+    hierarchy = check_hierarchy_option(p["hierarchy"], "label source 'ethec': hierarchy")
     paths = p["paths"]
     if paths is None:
         paths = default_ethec_metadata()
@@ -276,5 +346,8 @@ def _source_ethec(**params: Any) -> LabelGraph:
             raise DataError(f"{shared_dir() / 'data' / 'ethec'}: no val.json/test.json found; "
                             "pass paths=[...ETHEC metadata JSON files...]")
     paths = as_path_list(paths, "label source 'ethec': paths")
-    h = ethec_hierarchy(paths, small=bool(p["small"]))
-    return graph_from_hierarchy(h, meta={"source": "ethec", "paths": [str(x) for x in paths]})
+    h = ethec_hierarchy(paths, small=bool(p["small"]), hierarchy=hierarchy)
+    meta: dict[str, Any] = {"source": "ethec", "paths": [str(x) for x in paths]}
+    if hierarchy != "merged":
+        meta["hierarchy"] = hierarchy
+    return graph_from_hierarchy(h, meta=meta)

@@ -7,7 +7,8 @@ them (the hyperbolic-cones WordNet files), predefined train/valid/test edge spli
 Sources (``LABEL_SOURCES``; add one with :func:`register_label_source`):
 
 - ``dataset``: the labels of any registered image dataset (``name`` + its data options).
-- ``ethec``: the ETHEC Merged tree (6/21/135/561) from metadata JSON files.
+- ``ethec``: the ETHEC Merged tree (6/21/135/561) from metadata JSON files, or
+  ``hierarchy="unmerged"``: the DAG of bare names (thesis §2.3.3).
 - ``parent_child``: a ``parent child`` file per line (Barz & Denzler's format).
 - ``closure_tsv``: the Poincaré / hyperbolic-cones WordNet closure file plus optional splits.
 - ``wordnet``: a WordNet 3.0 database folder (``data.noun`` + ``index.noun``), one root synset.
