@@ -15,6 +15,18 @@ TINY_DATA = {"level_sizes": [2, 4, 8], "max_per_leaf": 30, "min_per_leaf": 10,
              "amplitudes": [0.6, 0.4, 0.3], "grids": [2, 4, 8]}
 
 
+def label_tree_file(tmp: Path) -> Path:
+    """A 2 -> 6 -> 18 -> 36 tree as a ``parent child`` file (enough non-basic edges for the
+    label-only edge splits)."""
+    rows = [[f"r{i}"] for i in range(2)]
+    for lvl, b in enumerate((3, 3, 2)):
+        rows = [row + [f"{row[-1]}_{lvl}{j}"] for row in rows for j in range(b)]
+    edges = sorted({(r[i], r[i + 1]) for r in rows for i in range(len(r) - 1)})
+    f = tmp / "labels.parent-child.txt"
+    f.write_text("\n".join(f"{p} {c}" for p, c in edges) + "\n")
+    return f
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     os.environ["HPSEARCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))

@@ -27,6 +27,7 @@ from hpsearch.errors import ExportError
 from hpsearch.tasks import DirectoryReporter, experiment_from_checkpoint, run_trial
 from hpsearch.tasks.config import TrialConfig
 from hpsearch.tracking import Tracker, default_tracking_uri, replay_spool
+from tests.conftest import label_tree_file
 
 from .conftest import TINY_DATA
 
@@ -188,14 +189,6 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _label_tree_file(tmp: Path) -> Path:
-    rows = [[f"r{i}"] for i in range(2)]
-    for lvl, b in enumerate((3, 3, 2)):
-        rows = [row + [f"{row[-1]}_{lvl}{j}"] for row in rows for j in range(b)]
-    edges = sorted({(r[i], r[i + 1]) for r in rows for i in range(len(r) - 1)})
-    f = tmp / "labels.parent-child.txt"
-    f.write_text("\n".join(f"{p} {c}" for p, c in edges) + "\n")
-    return f
 
 
 def test_label_embedding_model_serves_is_a_energies(tmp_path):
@@ -204,7 +197,7 @@ def test_label_embedding_model_serves_is_a_energies(tmp_path):
     cfg = TrialConfig.from_flat({
         "model.family": "euclidean_cone", "optim.epochs": 2, "optim.batch_size": 32,
         "optim.lr": 0.05, "metric": "val_edge_f1", "model.params": {"dim": 4},
-        "data.params": {"label_source": "parent_child", "path": str(_label_tree_file(tmp_path))}})
+        "data.params": {"label_source": "parent_child", "path": str(label_tree_file(tmp_path))}})
     run_trial(cfg, DirectoryReporter(tmp_path / "ck"))
     exp = experiment_from_checkpoint(tmp_path / "ck")
     bundle = write_bundle(exp, tmp_path / "b", {"run_id": "y"})

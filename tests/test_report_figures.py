@@ -19,20 +19,13 @@ from hpsearch.report import asha_rungs, write_report
 from hpsearch.tasks import DirectoryReporter, TrialConfig, resolved_params, run_trial
 from hpsearch.tasks.checkpoint import REPORTS_DIR
 from hpsearch.tracking import CONFIG_ARTIFACT, Tracker
+from tests.conftest import label_tree_file
 
 from .conftest import TINY_DATA
 
 OBJECTIVES = [["val_micro_f1", "max"], ["val_macro_f1", "max"]]
 
 
-def _label_tree(tmp: Path) -> Path:
-    rows = [[f"r{i}"] for i in range(2)]
-    for lvl, b in enumerate((3, 3, 2)):
-        rows = [row + [f"{row[-1]}_{lvl}{j}"] for row in rows for j in range(b)]
-    edges = sorted({(r[i], r[i + 1]) for r in rows for i in range(len(r) - 1)})
-    f = tmp / "labels.parent-child.txt"
-    f.write_text("\n".join(f"{p} {c}" for p, c in edges) + "\n")
-    return f
 
 
 def _log_trial(t: Tracker, parent: str, sid: str, i: int, cfg: TrialConfig, out: Path,
@@ -85,7 +78,7 @@ def store(tmp_path_factory):
     # label embeddings: an older hyperbolic-cone search, then the latest, Euclidean cones;
     # neither has an Optuna study
     emb = Tracker(uri, "emb", artifact_root=tmp / "artifacts")
-    tree = _label_tree(tmp)
+    tree = label_tree_file(tmp)
     for sid, family, n in (("emb-old", "hyperbolic_cone", 1), ("emb-new", "euclidean_cone", 2)):
         p = emb.search_run(sid, sid, tags={"metric": "val_edge_f1"},
                            params={"scheduler": "fifo", "max_epochs": 3})

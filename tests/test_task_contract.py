@@ -35,22 +35,13 @@ from hpsearch.tasks import (
     task_of,
 )
 from hpsearch.tasks.checkpoint import CHECKPOINT_FILE
+from tests.conftest import label_tree_file
 
 from .conftest import TINY_DATA
 
 EPOCHS = 3  # the uninterrupted run; the interrupted one stops after EPOCHS - 1
 
 
-def _label_tree_file(tmp: Path) -> Path:
-    """A 2 -> 6 -> 18 -> 36 tree as a ``parent child`` file (enough non-basic edges for the
-    label-only edge splits)."""
-    rows = [[f"r{i}"] for i in range(2)]
-    for lvl, b in enumerate((3, 3, 2)):
-        rows = [row + [f"{row[-1]}_{lvl}{j}"] for row in rows for j in range(b)]
-    edges = sorted({(r[i], r[i + 1]) for r in rows for i in range(len(r) - 1)})
-    f = tmp / "labels.parent-child.txt"
-    f.write_text("\n".join(f"{p} {c}" for p, c in edges) + "\n")
-    return f
 
 
 def classifier_config(tmp: Path) -> dict[str, Any]:
@@ -60,7 +51,7 @@ def classifier_config(tmp: Path) -> dict[str, Any]:
 
 def label_embedding_config(tmp: Path) -> dict[str, Any]:
     return {"model.family": "hyperbolic_cone",
-            "data.params": {"label_source": "parent_child", "path": str(_label_tree_file(tmp))},
+            "data.params": {"label_source": "parent_child", "path": str(label_tree_file(tmp))},
             "optim.batch_size": 32, "optim.lr": 0.05,
             "model.params": {"dim": 5, "optimizer": "riemannian_adam"}}
 
