@@ -25,8 +25,8 @@ from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.models import FAMILIES
 from hpsearch.models.hedging import accuracy_specificity_curve
 from hpsearch.provenance import code_version
-from hpsearch.report import hedge_curve_csv, plot_hedge_curve
-from hpsearch.search.objectives import OBJECTIVES_TAG, decode, pareto_front
+from hpsearch.report import hedge_curve_csv, plot_hedge_curve, search_objectives
+from hpsearch.search.objectives import pareto_front
 from hpsearch.tasks import (
     TASKS,
     DirectoryReporter,
@@ -322,12 +322,11 @@ def latest_search(tracking_uri: str | None = None, results_dir: str | Path = "re
 
 def objectives_of(parent: Any, metric: str | None = None, mode: str = "max"
                   ) -> list[tuple[str, str]]:
-    """The search's objectives (its parent run's ``objectives`` tag); ``metric`` overrides
-    them with one."""
+    """The search's objectives (:func:`hpsearch.report.search_objectives` of its parent run);
+    ``metric`` overrides them with one."""
     if metric:
         return [(metric, mode)]
-    pairs = decode(parent.data.tags.get(f"{TAG}{OBJECTIVES_TAG}"))
-    return pairs or [(parent.data.tags.get(f"{TAG}metric") or "val_micro_f1", mode)]
+    return search_objectives(parent, [])
 
 
 def best(experiment: str | None = None, *, tracking_uri: str | None = None,

@@ -98,13 +98,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     search lists its Pareto front."""
     if args.experiment and not args.search_id:
         t = api.open_tracker(args.tracking_uri, args.results_dir, args.experiment)
-        args.metric = args.metric or api.default_metric(t)
-        runs = t.best_runs(args.metric, args.mode, args.top, tie_break=args.tie_break,
-                           tie_break_mode=args.tie_break_mode)
-        if not runs:
-            raise HpsearchError(f"no trial runs with metric {args.metric!r} in experiment "
-                                f"{args.experiment!r}")
-        _print_best(t, args.metric, runs)
+        _print_best(t, args.metric, _experiment_best(t, args))
         return 0
     t, parent = api.search_of(args.tracking_uri, args.results_dir, args.experiment,
                                args.search_id)
@@ -125,6 +119,18 @@ def cmd_best(args: argparse.Namespace) -> int:
     print(pareto_table(pairs, ranked))
     print("export one of the front with: hpsearch export RUN_ID --out DIR")
     return 0
+
+
+def _experiment_best(t: Tracker, args: argparse.Namespace) -> list:
+    """The ``--top`` trial runs of the whole experiment by ``--metric`` (default: the task's,
+    set on ``args``), with ``--tie-break``; one line when there are none."""
+    args.metric = args.metric or api.default_metric(t)
+    runs = t.best_runs(args.metric, args.mode, args.top, tie_break=args.tie_break,
+                       tie_break_mode=args.tie_break_mode)
+    if not runs:
+        raise HpsearchError(f"no trial runs with metric {args.metric!r} in experiment "
+                            f"{t.experiment_name!r}")
+    return runs
 
 
 def pareto_table(pairs: list[tuple[str, str]], ranked: list) -> str:
@@ -208,12 +214,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.run_id:
         runs = [t.get_run(args.run_id)]
     else:
-        args.metric = args.metric or api.default_metric(t)
-        runs = t.best_runs(args.metric, args.mode, args.top, tie_break=args.tie_break,
-                           tie_break_mode=args.tie_break_mode)
-        if not runs:
-            raise HpsearchError(f"no trial runs with {args.metric!r} in experiment "
-                                f"{args.experiment!r}")
+        runs = _experiment_best(t, args)
     extra = [k.strip() for k in args.extra.split(",") if k.strip()]
     for r in runs:
         print(run_report(t, r, args.split, extra))

@@ -33,6 +33,7 @@ from ray.tune import Callback
 from hpsearch.errors import ConfigError, HpsearchError, TrackingError
 from hpsearch.provenance import code_version, git_commit
 from hpsearch.search.codec import sampled, trial_config
+from hpsearch.search.progress import fmt_value, trial_number
 from hpsearch.search.trainable import (
     ERROR_KEY,
     ERROR_KIND_KEY,
@@ -104,14 +105,7 @@ class MLflowTrialCallback(Callback):
             raise TrackingError(disk_full_message(where, doing)) from None
 
     def _number(self, trial: Any, trials: list | None) -> int:
-        """The trial's 1-based number: its place in Tune's trial list (creation order, kept
-        across a restore; the Optuna trial number + 1)."""
-        n = self._numbers.get(trial.trial_id)
-        if n is None:
-            n = (trials.index(trial) + 1 if trials is not None and trial in trials
-                 else len(self._numbers) + 1)
-            self._numbers[trial.trial_id] = n
-        return n
+        return trial_number(self._numbers, trial, trials)
 
     def _run(self, trial: Any, trials: list | None = None) -> str:
         rid = self._runs.get(trial.trial_id)
@@ -232,18 +226,13 @@ class MLflowTrialCallback(Callback):
                      or "trial raised an error (see its Ray trial dir)")
 
 
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
-
-
 def run_name(search_id: str, number: int, trial: Any, family: str, max_values: int = 4) -> str:
     """``<search>/<trial-no> <family> lr=0.0123 optimizer=sgd …``: what the MLflow run list
     shows instead of Tune's ``tune_trainable_<id>``. The values are the trial's sampled ones
     (conditional ones only where sampled), by the last part of their key, in space order."""
     values = sampled(getattr(trial, "config", {}) or {})
-    parts = [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in list(values.items())[:max_values]]
+    parts = [f"{k.rsplit('.', 1)[-1]}={fmt_value(v)}"
+             for k, v in list(values.items())[:max_values]]
     return " ".join([f"{search_id}/{number}", family, *parts])
 
 

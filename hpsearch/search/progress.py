@@ -54,6 +54,18 @@ RATE_KEY = "train_images_per_s"
 _UP_CLEAR = "\x1b[{n}F\x1b[J"  # cursor to the start of the line n up, clear to the screen's end
 
 
+def trial_number(numbers: dict[str, int], trial: Any, trials: list | None) -> int:
+    """A trial's 1-based number in its search: its place in Tune's trial list (creation
+    order, kept across a restore; Optuna's trial number + 1), remembered in ``numbers`` once
+    given. The MLflow run names and the live view number trials with it."""
+    n = numbers.get(trial.trial_id)
+    if n is None:
+        n = (trials.index(trial) + 1 if trials is not None and trial in trials
+             else len(numbers) + 1)
+        numbers[trial.trial_id] = n
+    return n
+
+
 def fmt_value(v: Any) -> str:
     """A sampled value, short: ``0.0123``, ``sgd``, ``true``, ``[64,32]``."""
     if isinstance(v, str) and v.startswith("json:"):  # codec.encode_choice
@@ -502,15 +514,7 @@ class LiveView(ProgressReporter, RemoteReporterMixin):
         return "pending"  # PENDING, PAUSED
 
     def _number(self, t: Any, trials: list) -> int:
-        """1-based, in creation order (Tune's trial list), fixed once given."""
-        n = self._numbers.get(t.trial_id)
-        if n is None:
-            try:
-                n = trials.index(t) + 1
-            except ValueError:
-                n = len(self._numbers) + 1
-            self._numbers[t.trial_id] = n
-        return n
+        return trial_number(self._numbers, t, trials)
 
     def _sig(self, trials: list) -> tuple:
         return tuple((t.trial_id, str(getattr(t, "status", "")),
