@@ -98,7 +98,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     search lists its Pareto front."""
     if args.experiment and not args.search_id:
         t = api.open_tracker(args.tracking_uri, args.results_dir, args.experiment)
-        _print_best(t, args.metric, _experiment_best(t, args))
+        runs = _experiment_best(t, args)  # sets args.metric (the task's by default)
+        _print_best(t, args.metric, runs)
         return 0
     t, parent = api.search_of(args.tracking_uri, args.results_dir, args.experiment,
                                args.search_id)
