@@ -21,6 +21,7 @@ from hpsearch.config import DataConfig
 from hpsearch.data import DATASETS, load_dataset
 from hpsearch.data.labels import dataset_hierarchy
 
+from .barz_layouts import cub_config, ilsvrc_config, nabirds_config
 from .conftest import TINY_DATA
 from .test_data_real import (
     ethec_records,
@@ -91,6 +92,9 @@ CONTRACT: dict[str, Callable[[Path], DataConfig]] = {
     "cifar100": cifar100,
     "fashion_mnist": fashion_mnist,
     "image_folder": image_folder,
+    "cub": cub_config,
+    "nabirds": nabirds_config,
+    "ilsvrc": ilsvrc_config,
 }
 DATASET_NAMES = DATASETS.names()
 
