@@ -3,8 +3,10 @@
 A bundle directory holds ``manifest.json`` (task, family, files and their SHA-256),
 ``config.json`` (the fully resolved trial config), ``hierarchy.json``, the weights, the
 preprocessing, and for image classifiers a ``torch.export`` program (``program.pt2``) that maps
-uint8 ``[B, H, W, C]`` images to per-level probabilities. ``SHA256SUMS`` covers every file;
-loading verifies it.
+uint8 ``[B, H, W, C]`` images to per-level probabilities. Families with label vectors
+(``cosine_embedding``, thesis §5.1) add ``label_vectors.pt`` (:func:`load_label_vectors`): the
+label embeddings in hierarchy order with their names and levels. ``SHA256SUMS`` covers every
+file; loading verifies it.
 
 Trust model (docs/security.md):
 
@@ -43,6 +45,7 @@ from hpsearch.data.transforms import Preprocess
 from hpsearch.errors import ExportError
 from hpsearch.hierarchy import Hierarchy
 from hpsearch.models import build_model
+from hpsearch.models.cosine import CosineEmbeddingHead
 from hpsearch.models.hedging import hedged_paths, predicted_path
 from hpsearch.tasks import TASKS, Experiment, task_of, validate_trial
 from hpsearch.tasks.classifier import PredictProgram
@@ -54,6 +57,8 @@ KEY_ENV = "HPSEARCH_BUNDLE_KEY"
 REQUIRE_ENV = "HPSEARCH_REQUIRE_SIGNATURE"
 MIN_KEY_CHARS = 16
 _SIG_CONTEXT = b"hpsearch-bundle-v1\0"  # domain separation: this key signs only bundle sums
+LABEL_VECTORS_FILE = "label_vectors.pt"  # label embeddings of cosine_embedding bundles
+LABEL_VECTORS_FORMAT = 1
 
 
 def _sha256(path: Path) -> str:
@@ -136,6 +141,7 @@ def write_bundle(exp: Experiment, out_dir: str | Path,
         "dataset": cfg.data.name, "torch": torch.__version__, **(extra or {}),
     }
     manifest.update(exp.export(out))
+    manifest.update(_write_label_vectors(exp, out))
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
     if exp.hierarchy is not None:
         (out / "hierarchy.json").write_text(json.dumps(exp.hierarchy.to_dict()))
@@ -148,6 +154,22 @@ def write_bundle(exp: Experiment, out_dir: str | Path,
         sig = _signature(key, (out / SUMS_FILE).read_bytes())
         (out / SIGNATURE_FILE).write_text(f"hmac-sha256 {sig}\n")
     return out
+
+
+def _write_label_vectors(exp: Experiment, out: Path) -> dict[str, Any]:
+    """Write ``label_vectors.pt`` when the experiment's head has label vectors (a
+    :class:`~hpsearch.models.cosine.CosineEmbeddingHead`); returns the manifest entries."""
+    head = getattr(getattr(exp, "model", None), "head", None)
+    if not isinstance(head, CosineEmbeddingHead):
+        return {}
+    h = head.hierarchy
+    # labels.weight rows are level-major, i.e. the hierarchy's global index order
+    vectors = head.labels.weight.detach().to("cpu", torch.float32).clone()  # [num_nodes, N]
+    torch.save({"format": LABEL_VECTORS_FORMAT, "names": list(h.names),
+                "level": torch.as_tensor(h.depth, dtype=torch.int64), "vectors": vectors,
+                "projection": head.projection, "cosine": bool(head.cosine)},
+               out / LABEL_VECTORS_FILE)
+    return {"label_vectors": LABEL_VECTORS_FILE}
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,6 +232,64 @@ def load_bundle(path: str | Path) -> Bundle:
     if (p / "hierarchy.json").is_file():
         h = Hierarchy.from_dict(json.loads((p / "hierarchy.json").read_text()))
     return Bundle(p, manifest, h, signed=key is not None)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelVectors:
+    """A bundle's label vectors (``label_vectors.pt``).
+
+    Attributes:
+        names: label names in hierarchy (global index) order, level-major.
+        level: ``[num_nodes]`` int64 level of every label.
+        vectors: ``[num_nodes, N]`` float32 label vectors, row i for ``names[i]``.
+        projection: ``shared`` (one image space for every level) or ``per_level`` (level l's
+            vectors live in level l's own space: compare them within a level only).
+        cosine: the model scored ``s · cos`` rather than the dot product (then only the
+            directions of the vectors mattered).
+    """
+
+    names: tuple[str, ...]
+    level: torch.Tensor
+    vectors: torch.Tensor
+    projection: str
+    cosine: bool
+
+    def per_level(self) -> dict[int, torch.Tensor]:
+        """Level -> ``[n_l, N]`` vectors, rows in the level's local index order."""
+        return {int(lvl): self.vectors[self.level == lvl]
+                for lvl in torch.unique(self.level).tolist()}
+
+
+def load_label_vectors(bundle: Bundle) -> LabelVectors:
+    """The label vectors of a ``load_bundle``-verified bundle (tensors and plain data only,
+    ``weights_only=True``), checked against its hierarchy; ExportError when it has none."""
+    name = bundle.manifest.get("label_vectors")
+    if name is None:
+        raise ExportError(f"bundle {bundle.path} ({bundle.manifest.get('family')!r}) has no "
+                          "label vectors; only cosine_embedding bundles carry them")
+    f = bundle.path / name
+    try:
+        raw = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ExportError(f"bundle file {f} refused: it holds more than tensors (nothing in "
+                          "it was run); do not use this bundle, export it again") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ExportError(f"bundle file {f} is not a torch file ({type(e).__name__}); export "
+                          "the bundle again") from None
+    h = bundle.hierarchy
+    ok = (isinstance(raw, dict) and raw.get("format") == LABEL_VECTORS_FORMAT
+          and isinstance(raw.get("vectors"), torch.Tensor) and raw["vectors"].dim() == 2
+          and isinstance(raw.get("level"), torch.Tensor)
+          and isinstance(raw.get("names"), list) and h is not None
+          and tuple(raw["names"]) == tuple(h.names)
+          and raw["vectors"].shape[0] == h.num_nodes
+          and raw["level"].tolist() == [int(d) for d in h.depth]
+          and raw.get("projection") in ("shared", "per_level"))
+    if not ok:
+        raise ExportError(f"bundle file {f} is not the label vectors of the bundle's "
+                          f"hierarchy (format {LABEL_VECTORS_FORMAT}); export the bundle again")
+    return LabelVectors(tuple(raw["names"]), raw["level"], raw["vectors"], raw["projection"],
+                        bool(raw.get("cosine")))
 
 
 def read_images(paths: Sequence[str | Path], size: int, channels: int = 3) -> torch.Tensor:
