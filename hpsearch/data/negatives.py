@@ -217,18 +217,45 @@ class JointNegativeSampler:
         negatives_per_side: k; columns ``[0, k)`` are (u, v'), ``[k, 2k)`` are (u', v).
         max_rounds: rejection rounds; after half of them label slots fall back to any label.
         device: where tables and samples live.
+        image_slot: ``per_level`` only: add slot L + 1, whose replacement is a training image
+            (thesis §5.6: "nodes from each level in the hierarchy including the images (the
+            lowest level)"). A label-label positive then also gets (u, image) and
+            (image, v) negatives (the published oe.py pass 4); where an image would pair with
+            the kept image of a label → image positive, the slot draws any label instead.
+        image_fraction: None = the default rule (an image endpoint is replaced by an image, a
+            label endpoint by a label). r in [0, 1]: every replacement is an image with
+            probability r, else a label of ``strategy`` (thesis §6.2.4's 50:50 images:labels
+            is r = 0.5); a replacement that would pair two images is a label. The choice is
+            made once per candidate and kept through the redraws, so rejection does not bias
+            the ratio.
+
+    Image-image pairs are never produced; an image is a parent only in an (image, label)
+    negative of ``image_slot`` / ``image_fraction`` (nothing lies below an image, so such a
+    pair is never a positive).
     """
 
     def __init__(self, num_labels: int, closure: np.ndarray | Tensor, label_level: np.ndarray
                  | Tensor, image_labels: np.ndarray | Tensor, *, strategy: str = "per_level",
                  negatives_per_side: int = 5, max_rounds: int = 16,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", image_slot: bool = False,
+                 image_fraction: float | None = None) -> None:
         if strategy not in ("per_level", "same_level", "uniform"):
             raise ConfigError(f"joint negative_strategy must be per_level, same_level or "
                               f"uniform, got {strategy!r}")
         if negatives_per_side < 1 or max_rounds < 1:
             raise ConfigError(f"negatives_per_side and max_rounds must be >= 1, got "
                               f"{negatives_per_side}, {max_rounds}")
+        if image_slot and strategy != "per_level":
+            raise ConfigError(f"image_slot is a pick-per-level slot; it needs strategy "
+                              f"'per_level', got {strategy!r}")
+        if image_fraction is not None and not 0.0 <= image_fraction <= 1.0:
+            raise ConfigError(f"image_fraction must lie in [0, 1] (or be None), got "
+                              f"{image_fraction}")
+        if image_slot and image_fraction is not None:
+            raise ConfigError("image_slot and image_fraction are two rules for the same "
+                              "choice; set one of them")
+        self.image_slot = bool(image_slot)
+        self.image_fraction = None if image_fraction is None else float(image_fraction)
         self.device = torch.device(device)
         self.n = int(num_labels)
         self.k = int(negatives_per_side)
@@ -258,6 +285,16 @@ class JointNegativeSampler:
         r = torch.rand(shape, generator=generator, device=self.device)
         return self.n + (r * self.m).long().clamp_max(self.m - 1)
 
+    def _rotated_slots_with_images(self, p: int, k: int, generator: torch.Generator | None
+                                   ) -> Tensor:
+        """``[P, 2k]`` slots over the L levels, any label (L) and images (L + 1): pass i of a
+        side is slot (i + o) mod (L + 2), o a random rotation per positive and side."""
+        n_slots = self.any_slot + 2
+        rot = torch.randint(0, n_slots, (p, 2), generator=generator, device=self.device)
+        passes = torch.arange(k, device=self.device)
+        return torch.cat([(passes + rot[:, :1]) % n_slots, (passes + rot[:, 1:]) % n_slots],
+                         dim=1)
+
     # ------------------------------------------------------------------ sampling
     def sample(self, pos: Tensor, generator: torch.Generator | None = None
                ) -> tuple[Tensor, Tensor]:
@@ -270,14 +307,26 @@ class JointNegativeSampler:
         p, k = len(pos), self.k
         fixed, corrupt_child = corruption_layout(pos, k)
         replaced = torch.cat([pos[:, 1:].expand(p, k), pos[:, :1].expand(p, k)], dim=1)
-        if self.strategy == "per_level":
+        kept_image = (fixed >= self.n).reshape(-1)
+        if self.strategy == "per_level" and self.image_slot:
+            slots = self._rotated_slots_with_images(p, k, generator)
+        elif self.strategy == "per_level":
             slots = self.pools.rotated_slots(p, k, generator)
         elif self.strategy == "same_level":
             slots = self.level[replaced.clamp_max(self.n - 1)]
         else:
             slots = torch.full((p, 2 * k), self.any_slot, dtype=torch.int64, device=self.device)
         fixed, corrupt_child = fixed.reshape(-1), corrupt_child.reshape(-1)
-        as_image = (replaced >= self.n).reshape(-1)  # image endpoints are replaced by images
+        slots = slots.reshape(-1)
+        if self.image_slot:
+            image_slot = slots == self.any_slot + 1
+            as_image = ((replaced >= self.n).reshape(-1) | image_slot) & ~kept_image
+            slots = torch.where(image_slot, torch.full_like(slots, self.any_slot), slots)
+        elif self.image_fraction is not None:
+            r = torch.rand(slots.shape, generator=generator, device=self.device)
+            as_image = (r < self.image_fraction) & ~kept_image
+        else:
+            as_image = (replaced >= self.n).reshape(-1)  # image endpoints are replaced by images
 
         def draw(s: Tensor, idx: Tensor) -> Tensor:
             lab = self.pools.draw(s, generator)
@@ -286,9 +335,10 @@ class JointNegativeSampler:
 
         def valid(idx: Tensor, cand: Tensor) -> Tensor:
             parent, child = as_pairs(fixed[idx], cand, corrupt_child[idx])
-            return (parent != child) & (parent < self.n) & ~self.is_positive(parent, child)
+            return ((parent != child) & ((parent < self.n) | (child < self.n))
+                    & ~self.is_positive(parent, child))
 
-        cand, ok = reject_and_redraw(slots.reshape(-1), draw, valid,
+        cand, ok = reject_and_redraw(slots, draw, valid,
                                      max_rounds=self.max_rounds, any_slot=self.any_slot)
         parent, child = as_pairs(fixed, cand, corrupt_child)
         return (torch.stack([parent, child], dim=-1).reshape(p, 2 * k, 2),

@@ -15,8 +15,14 @@ and then into the family's space:
   0 (thesis §5.6, published oe_h.py), projected into [ε_K + 1e-5, 1 − 1e-5] like the labels.
 
 Standardisation is a reparametrisation (W' = W/σ, b' = b − W μ/σ), not extra capacity; it makes
-one ``image_lr`` fit backbones with very different feature scales. The thesis found a deeper
-MLP instead of W worse (§6.2.3), so W stays linear.
+one ``image_lr`` fit backbones with very different feature scales. ``image_map=linear`` is the
+thesis' W (the default); ``image_map=mlp`` replaces it by ``mlp_layers`` Linear layers of width
+``mlp_hidden`` with ``mlp_activation`` between them and none on the output (the thesis tried a
+4-layer MLP and found it worse, §6.2.3; published ``FeatNet`` 2048-4096-2048-1024-d, ReLU).
+
+With ``train_backbone`` (``features: backbone`` or ``checkpoint``) φ is not cached: the CNN is
+trained end to end with its own ``backbone_lr`` on the image batches (thesis §6.2.3 tried it
+and saw it over-fit); the frozen cached-feature path stays the default.
 
 Trained by :class:`hpsearch.tasks.joint_embedding.JointEmbeddingExperiment` (task
 ``joint_embedding``). Learning-rate defaults are the thesis' (§6.2.1: EC labels 1e-2, images
@@ -72,6 +78,21 @@ class JointEmbeddingParams(FamilyParams):
     feature_batch_size: int = Field(256, gt=0)  # extraction batch (once per source + dataset)
     feature_norm: Literal["standardize", "none"] = "standardize"  # s(φ); see module doc
     image_bias: bool = True  # b in W φ + b (published Linear has a bias)
+    image_map: Literal["linear", "mlp"] = "linear"  # W (thesis) or an MLP (§6.2.3)
+    mlp_hidden: int = Field(256, gt=0)  # image_map=mlp: width of every hidden layer
+    mlp_layers: int = Field(2, ge=2, le=8)  # image_map=mlp: Linear layers (published FeatNet 4)
+    mlp_activation: Literal["relu", "tanh", "gelu"] = "relu"  # between layers, not on output
+    # images as one more pick-per-level slot (per_level only; thesis §5.6, oe.py pass 4)
+    negative_image_slot: bool = False
+    # None: image endpoints -> images, label endpoints -> labels (default). r: every
+    # replacement is an image with probability r (thesis §6.2.4's 50:50 is 0.5)
+    image_negative_fraction: float | None = Field(None, ge=0, le=1)
+    # labels: train on the label closure only (images unused, W untrained): the label-only
+    # first stage of HC* (thesis Table 6.4) on hierarchies too small for the label_embedding
+    # task's 5% edge splits (CIFAR-10: 10 non-basic edges); select it by val_full_f1
+    train_edges: Literal["all", "labels"] = "all"
+    train_backbone: bool = False  # end to end: the CNN trains on image batches, no cache
+    backbone_lr: float = Field(1e-4, gt=0)  # train_backbone: Adam lr of the CNN
     init: Literal["random", "from_run"] = "random"  # label table (thesis: from a label run)
     init_from: str | None = None  # from_run: label_embeddings.pt, its folder or a ckpt dir
     init_scale: float = Field(1.0, gt=0)  # std of the random Euclidean label init
@@ -83,6 +104,12 @@ class JointEmbeddingParams(FamilyParams):
         if self.init == "from_run" and not self.init_from:
             raise ValueError("init='from_run' needs init_from=<label_embeddings.pt of a "
                              "label-embedding run, or its folder / checkpoint directory>")
+        if self.negative_image_slot and self.negative_strategy != "per_level":
+            raise ValueError(f"negative_image_slot is a pick-per-level slot; set "
+                             f"negative_strategy=per_level (got {self.negative_strategy!r})")
+        if self.negative_image_slot and self.image_negative_fraction is not None:
+            raise ValueError("negative_image_slot and image_negative_fraction both decide "
+                             "which negatives are images; set one of them")
         if self.features == "checkpoint" and not self.feature_checkpoint:
             raise ValueError("features='checkpoint' needs feature_checkpoint=<checkpoint "
                              "directory of a trained image-classifier run>")
@@ -145,7 +172,7 @@ class JointEmbedding(nn.Module):
         self.labels = LabelEmbedding(num_labels, geometry, label_params(geometry, params))
         dtype = self.labels.weight.dtype
         self.feature_dim = int(feature_dim)
-        self.image_map = nn.Linear(feature_dim, params.dim, bias=params.image_bias, dtype=dtype)
+        self.image_map = build_image_map(params, feature_dim, dtype)
         self.register_buffer("feature_mean", torch.zeros(feature_dim, dtype=dtype))
         self.register_buffer("feature_scale", torch.ones(feature_dim, dtype=dtype))
 
@@ -166,11 +193,16 @@ class JointEmbedding(nn.Module):
         """Labels as the label-only families; W and b ~ U(±1/√F) (torch's Linear default),
         drawn from ``generator`` so a trial is reproducible."""
         self.labels.reset_parameters(generator)
-        bound = 1.0 / math.sqrt(self.feature_dim)
-        for t in (self.image_map.weight, self.image_map.bias):
-            if t is not None:
-                u = torch.rand(t.shape, generator=generator, dtype=t.dtype)
-                t.copy_(((2 * u - 1) * bound).to(t.device))
+        for lin in self.image_linears():
+            bound = 1.0 / math.sqrt(lin.in_features)
+            for t in (lin.weight, lin.bias):
+                if t is not None:
+                    u = torch.rand(t.shape, generator=generator, dtype=t.dtype)
+                    t.copy_(((2 * u - 1) * bound).to(t.device))
+
+    def image_linears(self) -> list[nn.Linear]:
+        """The Linear layers of the image map, input first (one for ``linear``)."""
+        return [m for m in self.image_map.modules() if isinstance(m, nn.Linear)]
 
     @torch.no_grad()
     def set_feature_stats(self, train_features: Tensor) -> None:
@@ -204,16 +236,37 @@ class JointEmbedding(nn.Module):
         return self.labels.energy(x, y)
 
     def describe(self) -> dict[str, object]:
+        p = self.params
+        z = "W s(phi) + b" if p.image_map == "linear" else (
+            f"MLP_{p.mlp_layers}x{p.mlp_hidden}_{p.mlp_activation}(s(phi))")
         return {**self.labels.describe(), "feature_dim": self.feature_dim,
-                "feature_norm": self.params.feature_norm, "image_bias": self.params.image_bias,
-                "image_map": {"order": "W s(phi) + b",
-                              "euclidean_cone": "soft_clip(W s(phi) + b)" if
-                              self.labels.mode == "soft_clip" else "W s(phi) + b",
-                              "hyperbolic_cone": "project(offset_expmap0(W s(phi) + b))"}[
+                "feature_norm": p.feature_norm, "image_bias": p.image_bias,
+                "image_map_kind": p.image_map,
+                "image_map": {"order": z,
+                              "euclidean_cone": f"soft_clip({z})" if
+                              self.labels.mode == "soft_clip" else z,
+                              "hyperbolic_cone": f"project(offset_expmap0({z}))"}[
                                   self.geometry]}
 
     def extra_repr(self) -> str:
         return f"geometry={self.geometry}, feature_dim={self.feature_dim}, dim={self.dim}"
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def build_image_map(p: JointEmbeddingParams, feature_dim: int, dtype: torch.dtype) -> nn.Module:
+    """``linear``: z = W s + b (thesis eq. 5.2). ``mlp``: ``mlp_layers`` Linear layers F → H →
+    … → H → d with ``mlp_activation`` between them, none on the output (thesis §6.2.3)."""
+    if p.image_map == "linear":
+        return nn.Linear(feature_dim, p.dim, bias=p.image_bias, dtype=dtype)
+    widths = [feature_dim] + [p.mlp_hidden] * (p.mlp_layers - 1) + [p.dim]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        if i:
+            layers.append(ACTIVATIONS[p.mlp_activation]())
+        layers.append(nn.Linear(a, b, bias=p.image_bias, dtype=dtype))
+    return nn.Sequential(*layers)
 
 
 def build_joint_embedding(family: str, params: JointEmbeddingParams, num_labels: int,

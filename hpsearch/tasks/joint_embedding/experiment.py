@@ -14,7 +14,11 @@ or any label); an *image* endpoint — only label → image edges have one — b
 image. Hence a negative is label–label or label → image, **never image–image** (thesis §5.6:
 images are not pushed apart unless their labels require it). A candidate that is a positive
 (closure edge, or a label on the image's root path) or a self pair is redrawn; after all
-rounds it is masked out of the loss.
+rounds it is masked out of the loss. Two variants (thesis §5.6, §6.2.4):
+``negative_image_slot`` makes images one more pick-per-level slot (so label-label positives
+also get (u, image) and (image, v) negatives, the published oe.py's last pass), and
+``image_negative_fraction`` r makes every replacement an image with probability r (0.5 =
+the thesis' 50:50); neither ever pairs two images.
 
 Loss per batch (eq. 2.3), a sum as in the published code; ``loss`` reported per positive:
 
@@ -39,7 +43,10 @@ deep inside the cone/orthant the image lies), never by label index. Metrics (bar
   ``recon_basic_f1`` (as the label-only experiment).
 
 Features come from a frozen network, extracted once per (source, dataset) and cached
-(:mod:`hpsearch.tasks.joint_embedding.features`). Staged init (thesis §6.2.6):
+(:mod:`hpsearch.tasks.joint_embedding.features`). With ``train_backbone`` the same network
+(same seeded init or checkpoint) is trained end to end instead: every batch's images go
+through it (train mode), with its own Adam at ``backbone_lr``; the cache then only gives the
+step-0 train features for the standardisation μ/σ. Staged init (thesis §6.2.6):
 ``init=from_run`` loads the label table from a label-only run's ``label_embeddings.pt`` (its
 folder, or its checkpoint directory), matched by label name
 (:mod:`hpsearch.tasks.joint_embedding.init`).
@@ -74,13 +81,19 @@ from hpsearch.tasks.base import RunContext, require_family
 from hpsearch.tasks.config import TrialConfig
 from hpsearch.tasks.edges import ReconstructionCache, margin_epoch
 from hpsearch.tasks.joint_embedding.classify import CHUNK_ELEMS, classify_levels
-from hpsearch.tasks.joint_embedding.features import SPLITS, cached_features, feature_source
+from hpsearch.tasks.joint_embedding.features import (
+    SPLITS,
+    build_extractor,
+    cached_features,
+    feature_source,
+)
 from hpsearch.tasks.joint_embedding.init import JOINT_META_FILE, load_label_table
 from hpsearch.tasks.label_embedding import EMBEDDINGS_FILE, NODES_FILE
 from hpsearch.tasks.optim import build_optimizer, build_scheduler, load_optimizer_state
 
 TASK = "joint_embedding"
 IMAGE_MAP_FILE = "image_map.pt"
+BACKBONE_FILE = "backbone.pt"  # train_backbone: the fine-tuned CNN's state dict
 
 
 def check_level_labels(data: HierDataset) -> None:
@@ -127,8 +140,10 @@ class TrainingGraph:
         sampler = JointNegativeSampler(
             n, closure, torch.as_tensor(h.depth), train_global,
             strategy=p.negative_strategy, negatives_per_side=p.negatives_per_side,
-            device=device)
-        return cls(closure, basic, torch.cat([closure, image_edges]), sampler)
+            device=device, image_slot=p.negative_image_slot,
+            image_fraction=p.image_negative_fraction)
+        pos = closure if p.train_edges == "labels" else torch.cat([closure, image_edges])
+        return cls(closure, basic, pos, sampler)
 
 
 def classification_metrics(pred: Tensor, y: Tensor, hits: dict[int, Tensor], h: Hierarchy,
@@ -174,10 +189,18 @@ class JointEmbeddingExperiment:
         check_level_labels(self.data)
 
         self.source = feature_source(cfg.model, p)
+        # end to end: only the step-0 train features (for μ, σ); the CNN then runs per batch
         feats = cached_features(self.source, cfg.data, self.data, device=self.device,
-                                batch_size=p.feature_batch_size)
+                                batch_size=p.feature_batch_size,
+                                splits=("train",) if p.train_backbone else SPLITS)
         self.features = {s: torch.from_numpy(np.array(f, dtype=np.float32)).to(self.device)
                          for s, f in feats.items()}  # [M_s, F]
+        self.backbone: torch.nn.Module | None = None
+        if p.train_backbone:
+            ext = build_extractor(self.source, self.data, cfg.data, self.device)
+            self.backbone, self.preprocess = ext.net, ext.preprocess
+            self.backbone.requires_grad_(True)
+            self.images = {s: self.data.split(s).images for s in SPLITS}  # uint8 [M, H, W, C]
         self.level_labels = {s: torch.as_tensor(self.data.split(s).level_labels,
                                                 dtype=torch.int64, device=self.device)
                              for s in SPLITS}  # [M_s, L] local
@@ -198,7 +221,12 @@ class JointEmbeddingExperiment:
             self.model.image_map.parameters(), p.image_optimizer, lr=p.image_lr,
             momentum=p.momentum if p.image_optimizer == "sgd" else 0.0,
             weight_decay=p.image_weight_decay)
-        self.optimizers = (self.label_optimizer, self.image_optimizer)
+        self.optimizers: tuple[torch.optim.Optimizer, ...] = (self.label_optimizer,
+                                                              self.image_optimizer)
+        if self.backbone is not None:
+            self.optimizers += (build_optimizer(
+                [q for q in self.backbone.parameters() if q.requires_grad], "adam",
+                lr=p.backbone_lr),)
         self.schedulers = tuple(build_scheduler(o, cfg.optim) for o in self.optimizers)
 
         self.offsets = tuple(h.offsets)
@@ -229,9 +257,17 @@ class JointEmbeddingExperiment:
         img = uniq[uniq >= n] - n
         parts = [self.model.label_embeddings(lab)]
         if len(img):
-            parts.append(self.model.image_embeddings(self.features[split][img]))
+            parts.append(self.model.image_embeddings(self._image_features(img, split)))
         table = torch.cat(parts)
         return table[inv].reshape(*ids.shape, -1)
+
+    def _image_features(self, idx: Tensor, split: str) -> Tensor:
+        """φ of images ``idx`` of ``split``: ``[n, F]`` (cached, or the trained CNN)."""
+        if self.backbone is None:
+            return self.features[split][idx]
+        x = torch.from_numpy(np.asarray(self.images[split][idx.cpu().numpy()]))
+        f = self.backbone.forward_features(self.preprocess(x.to(self.device)))
+        return f.reshape(len(idx), -1)
 
     def _loss(self, pos: Tensor, neg: Tensor, ok: Tensor) -> Tensor:
         b = len(pos)
@@ -244,6 +280,9 @@ class JointEmbeddingExperiment:
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         params = [q for q in self.model.parameters() if q.requires_grad]
+        if self.backbone is not None:
+            self.backbone.train()
+            params += [q for q in self.backbone.parameters() if q.requires_grad]
         st = margin_epoch(self.train_pos, self.sampler, self._loss, self.optimizers, params,
                           batch_size=self.cfg.optim.batch_size,
                           grad_clip=self.cfg.optim.grad_clip, generator=self.gen)
@@ -259,7 +298,8 @@ class JointEmbeddingExperiment:
                 f"joint-embedding loss became {mean} in epoch {epoch} (family "
                 f"{self.cfg.model.family}, label_lr {lrs[0]}, image_lr {lrs[1]}); lower "
                 "model.params.label_lr / image_lr or set optim.grad_clip")
-        return {"loss": mean, "label_lr": lrs[0], "image_lr": lrs[1],
+        extra = {"backbone_lr": lrs[2]} if self.backbone is not None else {}
+        return {"loss": mean, "label_lr": lrs[0], "image_lr": lrs[1], **extra,
                 "positives": float(st.positives),
                 "valid_negative_fraction": st.valid_negative_fraction}
 
@@ -267,6 +307,14 @@ class JointEmbeddingExperiment:
     @torch.no_grad()
     def image_embeddings(self, split: str) -> Tensor:
         """``[M_split, d]`` f_i of every image of ``split`` (on the device)."""
+        if self.backbone is not None:
+            self.backbone.eval()
+            n = len(self.images[split])
+            bs = self.params.feature_batch_size
+            parts = [self.model.image_embeddings(self._image_features(
+                torch.arange(a, min(a + bs, n)), split)) for a in range(0, n, bs)]
+            return torch.cat(parts) if parts else torch.zeros(0, self.model.dim,
+                                                              device=self.device)
         f = self.features[split]
         rows = max(1, CHUNK_ELEMS // max(f.shape[1], 1))
         parts = [self.model.image_embeddings(f[a:a + rows]) for a in range(0, len(f), rows)]
@@ -302,6 +350,7 @@ class JointEmbeddingExperiment:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
+            "backbone": None if self.backbone is None else self.backbone.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [None if s is None else s.state_dict() for s in self.schedulers],
             "steps": self.steps,
@@ -311,13 +360,16 @@ class JointEmbeddingExperiment:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if self.backbone is not None and state.get("backbone") is not None:
+            self.backbone.load_state_dict(state["backbone"])
         opt_states = state.get("optimizers")  # absent from best.pt (inference state)
         for o, st in zip(self.optimizers, opt_states or [None] * len(self.optimizers),
                          strict=True):
             if st is None:
                 continue
             load_optimizer_state(o, st)
-        for sch, st in zip(self.schedulers, state.get("schedulers") or [None, None],
+        for sch, st in zip(self.schedulers,
+                           state.get("schedulers") or [None] * len(self.schedulers),
                            strict=True):
             if sch is not None and st is not None:
                 sch.load_state_dict(st)
@@ -346,21 +398,31 @@ class JointEmbeddingExperiment:
         torch.save(self.embeddings(), out_dir / EMBEDDINGS_FILE)
         (out_dir / NODES_FILE).write_text(json.dumps(list(self.nodes)))
         m = self.model
-        image_map = {"weight": m.image_map.weight.detach().cpu(),
-                     "bias": None if m.image_map.bias is None else m.image_map.bias.detach().cpu(),
-                     "feature_mean": m.feature_mean.detach().cpu(),
-                     "feature_scale": m.feature_scale.detach().cpu()}
+        image_map: dict[str, Any] = {"feature_mean": m.feature_mean.detach().cpu(),
+                                     "feature_scale": m.feature_scale.detach().cpu()}
+        if isinstance(m.image_map, torch.nn.Linear):
+            image_map["weight"] = m.image_map.weight.detach().cpu()
+            image_map["bias"] = (None if m.image_map.bias is None
+                                 else m.image_map.bias.detach().cpu())
+        else:  # mlp: Sequential state dict (Linear layers at the even indices)
+            image_map["layers"] = {k: v.detach().cpu() for k, v in
+                                   m.image_map.state_dict().items()}
         torch.save(image_map, out_dir / IMAGE_MAP_FILE)
+        files = [EMBEDDINGS_FILE, NODES_FILE, IMAGE_MAP_FILE, JOINT_META_FILE]
+        if self.backbone is not None:
+            torch.save({k: v.detach().cpu() for k, v in self.backbone.state_dict().items()},
+                       out_dir / BACKBONE_FILE)
+            files.append(BACKBONE_FILE)
         meta = {"family": self.cfg.model.family, **m.describe(),
                 "feature_source": self.source.describe(),
                 "feature_source_key": self.source.key_parts(),
+                "train_backbone": self.params.train_backbone,
                 "levels": {"offsets": list(self.offsets), "sizes": list(self.level_sizes)},
                 "convention": "edge (u, v) means v is-a u; an image i gets, per level, the "
                               "label u minimising E(f(u), f_i(i)), f_i = map(W ((phi - mean) / "
                               "scale) + b) (thesis eq. 5.1, 5.2)"}
         (out_dir / JOINT_META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        return {"task": TASK, "files": [EMBEDDINGS_FILE, NODES_FILE, IMAGE_MAP_FILE,
-                                        JOINT_META_FILE],
+        return {"task": TASK, "files": files,
                 "energy": m.labels.energy_kind, "geometry": m.geometry,
                 "feature_source": self.source.describe()}
 

@@ -2,6 +2,8 @@
 
 The joint image + label embedding (thesis §5.6, eq. 5.2: f_i(i) = W · CNN(i)) learns only W; the
 CNN is frozen, so its features are a pure function of (backbone, weights, preprocessing, images).
+(With ``train_backbone`` the experiment trains that same network end to end instead and reads
+only the step-0 train features from here, for the standardisation.)
 They are computed once per (feature source, dataset) and cached on disk as float32
 ``<cache>/features-<key>/{train,val,test}.npy`` (memory-mapped by every later trial):
 
