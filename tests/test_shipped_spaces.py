@@ -128,3 +128,42 @@ def test_missing_shared_file_is_a_one_line_error(path, tmp_path, monkeypatch):
         names = ["val.json", "test.json"] if name == "{val,test}.json" else [name]
         assert all(n in msg for n in names), f"{rel(path)}: {msg!r} does not name {names}"
         assert str(missing) in msg
+
+
+def test_workers_resolve_shared_paths_like_the_driver(tmp_path, monkeypatch):
+    """A trial imports hpsearch from Ray's ``py_modules`` copy, where "the folder beside the
+    repo" is not the driver's; ``worker_env`` pins ``HPSEARCH_SHARED`` so that a space's
+    ``../shared/...`` value names the same file in the driver and in every worker (without the
+    pin every trial of cifar10_methods failed with 'file not found')."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import hpsearch
+    from hpsearch.data._io import shared_dir
+    from hpsearch.search.tuner import worker_env
+
+    rel = "../shared/data/ethec/val.json"
+    if not (shared_dir() / "data/ethec/val.json").is_file():
+        pytest.skip("../shared/data/ethec/val.json is absent (a user's clone has no ../shared)")
+    monkeypatch.delenv("HPSEARCH_SHARED", raising=False)
+    copy = tmp_path / "runtime_resources" / "py_modules_files" / "pkg"
+    shutil.copytree(Path(hpsearch.__file__).parent, copy / "hpsearch",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    probe = ("from hpsearch.data._io import shared_path; "
+             f"print(shared_path({rel!r}).is_file())")
+
+    def in_worker(env: dict[str, str]) -> str:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HPSEARCH_")}
+        out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True,
+                             env={**base, **env, "PYTHONPATH": str(copy)},
+                             capture_output=True, text=True)
+        return out.stdout.strip()
+
+    assert in_worker({}) == "False"  # the bug: the copy looks for ../shared beside itself
+    env = worker_env()
+    assert Path(env["HPSEARCH_SHARED"]) == shared_dir().resolve()
+    assert in_worker(env) == "True"
+    monkeypatch.setenv("HPSEARCH_SHARED", "/elsewhere/shared")  # a cluster's own setting wins
+    assert worker_env()["HPSEARCH_SHARED"] == "/elsewhere/shared"

@@ -28,6 +28,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from hpsearch.data import load_dataset
+from hpsearch.data._io import shared_dir
 from hpsearch.data.base import dataset_profile
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.provenance import code_version
@@ -306,6 +307,20 @@ def where_to_run(opts: SearchOptions) -> tuple[Target, Storage]:
     return target, storage
 
 
+def worker_env() -> dict[str, str]:
+    """The environment variables the driver hands every worker: its ``RAY_TRAIN_*`` and
+    ``HPSEARCH_*`` (Train's controller and workers read these; a remote cluster gets them this
+    way), plus ``HPSEARCH_SHARED`` pinned to the driver's reference-data folder when it has one.
+    A worker runs hpsearch from Ray's ``py_modules`` copy, so "the folder beside the repo" seen
+    from there is not the driver's: without the pin, a space's ``../shared/...`` path resolves
+    on the driver and fails in every trial. A cluster whose nodes keep the data elsewhere sets
+    ``HPSEARCH_SHARED`` itself (it is passed on unchanged)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(("RAY_TRAIN_", "HPSEARCH_"))}
+    if "HPSEARCH_SHARED" not in env and shared_dir().is_dir():
+        env["HPSEARCH_SHARED"] = str(shared_dir().resolve())
+    return env
+
+
 def _init_ray(opts: SearchOptions, target: Target | None = None) -> None:
     """Join the cluster ``target`` (default: from ``opts.address``), or start a private local
     one, unless Ray is up already. The job ships this hpsearch to the workers."""
@@ -319,8 +334,7 @@ def _init_ray(opts: SearchOptions, target: Target | None = None) -> None:
         target = cluster.parse_address(opts.address)
         cluster.probe(target)
     cluster.say(cluster.ignored_env_line(target))
-    # Train's controller and workers read these; a remote cluster gets them this way
-    env = {k: v for k, v in os.environ.items() if k.startswith(("RAY_TRAIN_", "HPSEARCH_"))}
+    env = worker_env()
     with cluster.init_environ(target) as workers_env, \
             cluster.runtime_env({**env, **workers_env}) as runtime_env:
         try:
