@@ -268,14 +268,7 @@ def load_label_vectors(bundle: Bundle) -> LabelVectors:
         raise ExportError(f"bundle {bundle.path} ({bundle.manifest.get('family')!r}) has no "
                           "label vectors; only cosine_embedding bundles carry them")
     f = bundle.path / name
-    try:
-        raw = torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ExportError(f"bundle file {f} refused: it holds more than tensors (nothing in "
-                          "it was run); do not use this bundle, export it again") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ExportError(f"bundle file {f} is not a torch file ({type(e).__name__}); export "
-                          "the bundle again") from None
+    raw = _load_tensors(f, "a torch file")
     h = bundle.hierarchy
     ok = (isinstance(raw, dict) and raw.get("format") == LABEL_VECTORS_FORMAT
           and isinstance(raw.get("vectors"), torch.Tensor) and raw["vectors"].dim() == 2
@@ -304,17 +297,24 @@ def read_images(paths: Sequence[str | Path], size: int, channels: int = 3) -> to
     return torch.stack(out)
 
 
-def _read_weights(f: Path) -> dict[str, torch.Tensor]:
-    """A bundle's ``weights.pt``: a state dict of tensors (``weights_only=True``); anything
-    else is a one-line :class:`ExportError`, nothing in it is run."""
+def _load_tensors(f: Path, what: str) -> Any:
+    """``torch.load(f, weights_only=True)`` of a bundle file: tensors and plain data only;
+    anything more, or a file that is not ``what``, is a one-line :class:`ExportError` (nothing
+    in it is run)."""
     try:
-        state = torch.load(f, map_location="cpu", weights_only=True)
+        return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ExportError(f"bundle file {f} refused: it holds more than tensors (nothing in "
                           "it was run); do not use this bundle, export it again") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise ExportError(f"bundle file {f} is not a torch weights file ({type(e).__name__});"
-                          " export the bundle again") from None
+        raise ExportError(f"bundle file {f} is not {what} ({type(e).__name__}); export the "
+                          "bundle again") from None
+
+
+def _read_weights(f: Path) -> dict[str, torch.Tensor]:
+    """A bundle's ``weights.pt``: a state dict of tensors (``weights_only=True``); anything
+    else is a one-line :class:`ExportError`, nothing in it is run."""
+    state = _load_tensors(f, "a torch weights file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         raise ExportError(f"bundle file {f} is not a state dict of tensors; export the bundle "
