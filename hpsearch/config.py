@@ -88,13 +88,19 @@ class ModelConfig(_Frozen):
 
 class OptimConfig(_Frozen):
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0)  # the schedule's maximum (SGDR: at every restart)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
+    # which trained parameters weight_decay reaches (hpsearch.tasks.optim.param_groups):
+    # "all"; "kernels" = conv / linear weights only, no biases or norm layers (Keras
+    # kernel_regularizer on every layer: Barz & Denzler's CIFAR networks); "head" = the head's
+    # conv / linear weights only (an L2 on the classifier alone)
+    weight_decay_scope: Literal["all", "kernels", "head"] = "all"
     schedule: Literal["none", "step", "cosine", "sgdr"] = "cosine"
     step_size: int = Field(10, gt=0)  # epochs between x0.1 decays (schedule=step)
-    sgdr_period: int = Field(4, gt=0)  # first cycle length in epochs (schedule=sgdr)
-    sgdr_mult: int = Field(2, gt=0)  # cycle length multiplier (schedule=sgdr)
+    sgdr_period: int = Field(4, gt=0)  # first cycle length T_0 in epochs (schedule=sgdr)
+    sgdr_mult: int = Field(2, gt=0)  # cycle length multiplier T_mult (schedule=sgdr)
+    sgdr_eta_min: float = Field(1e-6, ge=0)  # floor of each cosine cycle (Barz: 1e-6)
     batch_size: int = Field(64, gt=0)
     epochs: int = Field(4, gt=0)
     eval_every: int = Field(1, gt=0)  # validate/report every k epochs (and after the last)
@@ -103,6 +109,14 @@ class OptimConfig(_Frozen):
     amp: bool = True  # bf16 autocast, only on CUDA
     channels_last: bool = True  # only on CUDA
 
+    @model_validator(mode="after")
+    def _sgdr_floor(self) -> OptimConfig:
+        if self.schedule == "sgdr" and self.sgdr_eta_min >= self.lr:
+            raise PydanticCustomError(CONFIG_ERROR, "{msg}", {"msg": (
+                f"optim.sgdr_eta_min={self.sgdr_eta_min:g} must be below optim.lr="
+                f"{self.lr:g} (each SGDR cycle anneals from lr down to it); lower it")})
+        return self
+
 
 # optim keys that only mean something under one optimizer / schedule (not logged otherwise)
 OPTIM_ONLY_WHEN: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -110,6 +124,7 @@ OPTIM_ONLY_WHEN: dict[str, tuple[str, tuple[str, ...]]] = {
     "optim.step_size": ("optim.schedule", ("step",)),
     "optim.sgdr_period": ("optim.schedule", ("sgdr",)),
     "optim.sgdr_mult": ("optim.schedule", ("sgdr",)),
+    "optim.sgdr_eta_min": ("optim.schedule", ("sgdr",)),
 }
 
 

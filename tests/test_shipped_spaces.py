@@ -24,7 +24,8 @@ ETHEC_FILES = "../shared/data/ethec/{val,test}.json"  # the label source's defau
 CIFAR_ARCHIVE = {"cifar10_methods.yaml", "joint_cifar10_euclidean_cone.yaml",
                  "joint_cifar10_hyperbolic_cone.yaml", "joint_cifar10_order_embedding.yaml",
                  "joint_cifar10_per_level_features.yaml",
-                 "joint_cifar10_untrained_features.yaml", "semantic_cifar10.yaml"}
+                 "joint_cifar10_untrained_features.yaml", "semantic_cifar10.yaml",
+                 "semantic_cifar10_barz.yaml", "cifar10_train_size.yaml"}
 
 
 def rel(p: Path) -> str:

@@ -1,8 +1,12 @@
 """Backbones: image ``[B, C, H, W]`` -> features ``[B, F]`` via ``forward_features``.
 
-torchvision builds the architectures; ImageNet weights are loaded only from a local file the
-user names (``model.pretrained_weights``), never downloaded at run time. ``model.train_layers``
-chooses which of the backbone's parameters train (:func:`apply_train_layers`).
+torchvision builds the ImageNet architectures; ImageNet weights are loaded only from a local
+file the user names (``model.pretrained_weights``), never downloaded at run time.
+``model.train_layers`` chooses which of the backbone's parameters train
+(:func:`apply_train_layers`). The CIFAR networks of Barz & Denzler (WACV 2019, their
+``models/plainnet.py`` and ``models/cifar_resnet.py``), ``plain11`` and ``resnet110_wfc``, are
+built here; each ends where their network's final Dense layer starts, so the head's first
+Linear (the semantic family's ``embed``) is that layer.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hpsearch.config import ModelConfig
@@ -146,6 +151,108 @@ for _name in ("resnet18", "resnet34", "resnet50"):
     BACKBONES.add(f"{_name}_cifar", _torchvision(_name, small_input_stem=True))
 
 
+def _glorot(module: nn.Module) -> nn.Module:
+    """Keras' default initialisation, which Barz & Denzler's CIFAR networks use: Glorot-uniform
+    conv / linear kernels, zero biases (BatchNorm keeps γ = 1, β = 0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+#: Plain-11 (Barz & Denzler's ``simple``): conv widths, ``"ap"`` = 2×2 average pooling.
+PLAIN11_LAYERS: tuple[int | str, ...] = (64, 64, "ap", 128, 128, 128, "ap", 256, 256, 256, "ap",
+                                         512)
+PLAIN11_FC = 512  # the fully connected layer after global average pooling
+
+
+@BACKBONES.register("plain11")
+def plain11(cfg: ModelConfig, in_ch: int) -> Backbone:
+    """Plain-11: nine 3×3 convs, global average pooling and FC-512 (with the head's Linear,
+    11 trained layers). Every conv and the FC are layer -> ReLU -> BatchNorm, in that order as
+    in their ``plainnet.py`` (the conv biases are kept: they act before the ReLU). Needs inputs
+    of at least 8 px (three 2×2 poolings). ``model.width`` is not used."""
+    layers: list[nn.Module] = []
+    c = in_ch
+    for spec in PLAIN11_LAYERS:
+        if spec == "ap":
+            layers.append(nn.AvgPool2d(2))
+            continue
+        c_out = int(spec)
+        layers += [nn.Conv2d(c, c_out, 3, padding=1), nn.ReLU(inplace=True),
+                   nn.BatchNorm2d(c_out)]
+        c = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, PLAIN11_FC),
+               nn.ReLU(inplace=True), nn.BatchNorm1d(PLAIN11_FC)]
+    body = _glorot(nn.Sequential(*layers))
+    if cfg.pretrained_weights:  # the body's own state dict, as for the small CNN
+        body.load_state_dict(_read_weights(cfg.pretrained_weights, "the Plain-11 body"))
+    return Backbone(body, PLAIN11_FC)
+
+
+class CifarBasicBlock(nn.Module):
+    """He et al. 2016 §4.2 basic block: conv3×3(stride)-BN-ReLU-conv3×3-BN, + shortcut, ReLU.
+
+    The shortcut is parameter-free (option A), as in Barz & Denzler's ``cifar_resnet.py``: a
+    stride-s average pooling, then zero channels padded on both sides (⌊Δ/2⌋ before,
+    ⌈Δ/2⌉ after, Δ = out − in). Convs have no bias (each is followed by BatchNorm, which
+    cancels one; their Keras convs carry one).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        if c_out < c_in:
+            raise ConfigError(f"CIFAR ResNet block: channels must not shrink ({c_in} -> {c_out})")
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        # ceil_mode: same map size as the stride-s conv on odd sides too
+        self.pool = nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.pad = ((c_out - c_in) // 2, c_out - c_in - (c_out - c_in) // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        s = self.pool(x)
+        if self.pad != (0, 0):
+            s = F.pad(s, (0, 0, 0, 0, *self.pad))  # [B, C_in, H, W] -> [B, C_out, H, W]
+        return F.relu(y + s)
+
+
+def cifar_resnet(blocks: int, widths: tuple[int, ...], in_ch: int = 3) -> nn.Sequential:
+    """The CIFAR ResNet of He et al. 2016 §4.2 (depth 2·len(widths)·blocks + 2 with the head):
+    conv3×3(widths[0])-BN-ReLU, then one stage of ``blocks`` basic blocks per width (stride 2
+    from the second stage on), global average pooling. Output ``[B, widths[-1], 1, 1]``."""
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, widths[0], 3, padding=1, bias=False),
+                               nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+    c = widths[0]
+    for i, w in enumerate(widths):
+        for b in range(blocks):
+            layers.append(CifarBasicBlock(c, w, 2 if i > 0 and b == 0 else 1))
+            c = w
+    layers.append(nn.AdaptiveAvgPool2d(1))
+    return _glorot(nn.Sequential(*layers))
+
+
+#: ResNet-110-wfc (Barz & Denzler): ResNet-110's 18 blocks per stage with twice its widths
+#: (16, 32, 64); "fc" = a Dense layer after pooling even for embeddings, here the head's Linear.
+RESNET110_WFC = (18, (32, 64, 128))
+
+
+@BACKBONES.register("resnet110_wfc")
+def resnet110_wfc(cfg: ModelConfig, in_ch: int) -> Backbone:
+    """ResNet-110-wfc: 3 stages × 18 basic blocks, widths 32/64/128, features ``[B, 128]``.
+    ``model.width`` is not used."""
+    blocks, widths = RESNET110_WFC
+    body = cifar_resnet(blocks, widths, in_ch)
+    if cfg.pretrained_weights:
+        body.load_state_dict(_read_weights(cfg.pretrained_weights, "the ResNet-110-wfc body"))
+    return Backbone(body, widths[-1])
+
+
 def build_backbone(cfg: ModelConfig, in_ch: int = 3) -> Backbone:
     bb = BACKBONES.get(cfg.backbone)(cfg, in_ch)
     if cfg.freeze_backbone and not cfg.pretrained_weights:
@@ -157,8 +264,9 @@ def build_backbone(cfg: ModelConfig, in_ch: int = 3) -> Backbone:
 
 def first_conv(module: nn.Module) -> nn.Conv2d:
     """The first ``nn.Conv2d`` in module order: ``conv1`` of the ResNets (the new 3×3 stem of
-    the ``*_cifar`` ones), ``features[0]`` of AlexNet / VGG, the small CNN's first conv, each
-    after any grayscale adaptation (it is replaced in place)."""
+    the ``*_cifar`` ones), ``features[0]`` of AlexNet / VGG, the first conv of the small CNN,
+    Plain-11 and ResNet-110-wfc, each after any grayscale adaptation (it is replaced in
+    place)."""
     conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
         raise ConfigError(f"model.train_layers=first_and_head: {type(module).__name__} has no "

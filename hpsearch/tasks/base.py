@@ -266,7 +266,8 @@ def resolved_params(cfg: TrialConfig) -> dict[str, Any]:
 # config keys only the classifier reads: the embedding tasks take their optimizers from
 # model.params and have no AMP, channels-last or per-level loss weights
 CLASSIFIER_ONLY_KEYS = ("optim.optimizer", "optim.momentum", "optim.weight_decay", "optim.amp",
-                        "optim.channels_last", "optim.level_weights")
+                        "optim.channels_last", "optim.level_weights",
+                        "optim.weight_decay_scope")
 # the image backbone's keys, unused by tasks that train no backbone
 BACKBONE_KEYS = ("model.backbone", "model.width", "model.pretrained_weights",
                  "model.freeze_backbone", "model.train_layers", "model.grayscale")

@@ -36,7 +36,7 @@ from hpsearch.tasks.classifier.loop import (
     train_one_epoch,
 )
 from hpsearch.tasks.config import TrialConfig
-from hpsearch.tasks.optim import build_optimizer, build_scheduler
+from hpsearch.tasks.optim import build_optimizer, build_scheduler, param_groups
 
 TASK = "classifier"
 
@@ -74,8 +74,9 @@ class ClassifierExperiment:
         if not params:
             raise ConfigError("the model has no trainable parameters")
         o = cfg.optim
-        self.optimizer = build_optimizer(params, o.optimizer, lr=o.lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay, nesterov=True)
+        self.optimizer = build_optimizer(
+            param_groups(self.model, o.weight_decay, o.weight_decay_scope), o.optimizer,
+            lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
         self.scheduler = build_scheduler(self.optimizer, o)
         common = dict(mean=self.data.mean, std=self.data.std, size=cfg.data.image_size,
                       grayscale=cfg.model.grayscale, channels_last=channels_last)
