@@ -9,6 +9,11 @@
 #        results/run_ethec_tables.sh t61b          round t61b: one search per Table 6.1 cell on
 #                                                  one code version (tie_break val_edge_gap), then
 #                                                  results/ethec_t61_midpoint.py t61b
+#        results/run_ethec_tables.sh t61s          Table 6.1 on three split seeds: each t61b-selected
+#                                                  configuration on split_seed 0/1/2
+#                                                  (ethec_t61s_*.yaml), mean and min-max per cell
+#        results/run_ethec_tables.sh t62thesis     Table 6.2 with the thesis' own setting (no search,
+#                                                  5000 epochs; ethec_t62_thesis_*.yaml)
 #
 # CELL is a search-space stem without "ethec_", e.g. t61_euclidean_cone_d10 or
 # t62_hyperbolic_cone_d100.  Scratch (MLflow SQLite stores, Ray state, logs) goes to
@@ -39,8 +44,8 @@ ALL_CELLS=(
 )
 
 # one search: search_spaces/ethec_tables/ethec_<cell>.yaml -> $EVID/<t61|t62>/mlflow.db
-run_cell() {
-  local cell=$1 table=${1%%_*} t0 rc=0
+run_cell() {  # CELL [STORE]: STORE defaults to the cell's table prefix (t61, t62)
+  local cell=$1 table=${2:-${1%%_*}} t0 rc=0
   t0=$(date +%s)
   timeout 1500 hpsearch search "search_spaces/ethec_tables/ethec_${cell}.yaml" \
     --results-dir "$EVID/$table" -v 0 ${ETHEC_RESUME:+--resume} \
@@ -87,6 +92,8 @@ METRICS = ["test_edge_f1", "test_edge_precision", "test_edge_recall", "test_thre
 cells = {}  # (table, family, d, non_basic_fraction) -> searches (several searches = one pool)
 for space_file in sorted(Path("search_spaces/ethec_tables").glob("ethec_t6[12]_*_d*.yaml")):
     stem = space_file.stem.removeprefix("ethec_")
+    if stem.startswith("t62_thesis"):  # own store and summary (t62thesis below)
+        continue
     sp = yaml.safe_load(space_file.read_text())
     table = "6.1" if stem.startswith("t61") else "6.2"
     db = evid / ("t61" if table == "6.1" else "t62") / "mlflow.db"
@@ -158,6 +165,56 @@ if [[ "${1:-}" == "t61b" ]]; then
     run_cell "t61b_$c"
   done
   python results/ethec_t61_midpoint.py t61b "$EVID"
+  exit 0
+fi
+# per-trial summary of a round whose cells are fixed configurations (no selection across
+# trials): t61s (mean and min-max of test F1 over the split seeds) and t62thesis
+summarize_round() {
+  python - "$EVID/$1/mlflow.db" "$1" <<'EOF'
+import statistics, sys
+from pathlib import Path
+import yaml
+from hpsearch.tracking import Tracker
+
+db, rnd = Path(sys.argv[1]), sys.argv[2]
+glob = "ethec_t61s_*.yaml" if rnd == "t61s" else "ethec_t62_thesis_*.yaml"
+for space_file in sorted(Path("search_spaces/ethec_tables").glob(glob)):
+    sp = yaml.safe_load(space_file.read_text())
+    if not db.exists():
+        break
+    t = Tracker(f"sqlite:///{db}", sp["name"])
+    try:
+        runs = t.client.search_runs([t.existing_experiment_id()],
+                                    filter_string="tags.`hpsearch.role` = 'trial'")
+    except Exception:  # noqa: BLE001 - cell not run yet
+        continue
+    m = lambda r, k: r.data.metrics.get(k, float("nan"))  # noqa: E731
+    if rnd == "t61s":
+        f1 = [m(r, "test_edge_f1") for r in runs]
+        seeds = [r.data.params.get("model.params.split_seed") for r in runs]
+        print(f"{sp['name']}: test_edge_f1 mean {statistics.fmean(f1):.4f} min {min(f1):.4f} "
+              f"max {max(f1):.4f} n {len(f1)} (split seeds {seeds}: "
+              + ", ".join(f"{v:.4f}" for v in f1) + ")")
+    else:
+        for r in runs:
+            print(f"{sp['name']}: TPR {m(r, 'test_recon_tpr'):.4f} TNR {m(r, 'test_recon_tnr'):.4f}"
+                  f" full-F1 (closure positives) {m(r, 'test_full_f1'):.4f}, basic-positive F1 "
+                  f"{m(r, 'test_recon_basic_f1'):.4f}, epoch {m(r, 'best_epoch'):.0f}")
+EOF
+}
+
+if [[ "${1:-}" == "t61s" ]]; then
+  for c in oe_d2 oe_d5 oe_d10 oe_d100 ec_d2 ec_d3 ec_d5 ec_d10 ec_d100; do
+    run_cell "t61s_$c" t61s
+  done
+  summarize_round t61s
+  exit 0
+fi
+if [[ "${1:-}" == "t62thesis" ]]; then
+  for c in hc_d2 hc_d100 hc_d1000 oe_d2 oe_d100 oe_d1000 ec_d2 ec_d100 ec_d1000; do
+    run_cell "t62_thesis_$c" t62thesis
+  done
+  summarize_round t62thesis
   exit 0
 fi
 if [[ "${1:-}" == "collect" ]]; then

@@ -102,6 +102,9 @@ class HyperbolicConeParams(LabelEmbeddingParams):
     init_lr: float = Field(0.03, gt=0)  # poincare_init: RSGD learning rate
     init_burn_in: int = Field(20, ge=0)  # poincare_init: first epochs at lr/10
     init_rescale: float = Field(0.7, gt=0, le=1)  # cones start from 0.7 × Poincaré vectors
+    # poincare_init: the endpoint its negatives replace; "parent" (Nickel & Kiela's code) puts
+    # hypernyms near the origin, "child" inverts the norm order (pretrain.py docstring)
+    init_corrupt: Literal["parent", "child"] = "parent"
 
     def aperture(self) -> float:
         return self.K

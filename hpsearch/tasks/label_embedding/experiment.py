@@ -175,6 +175,7 @@ class LabelEmbeddingExperiment:
             x = poincare_pretrain(
                 self.splits.train, self.splits.num_nodes, p.dim, closure=self.splits.closure,
                 epochs=p.init_epochs, lr=p.init_lr, burn_in=p.init_burn_in,  # type: ignore
+                corrupt=p.init_corrupt,  # type: ignore[attr-defined]
                 batch_size=self.cfg.optim.batch_size, generator=self.gen, device=self.device,
                 dtype=self.model.weight.dtype)
             self.model.set_embeddings(x * p.init_rescale)  # type: ignore[attr-defined]
