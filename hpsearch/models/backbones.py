@@ -4,13 +4,15 @@ torchvision builds the ImageNet architectures; ImageNet weights are loaded only 
 file the user names (``model.pretrained_weights``), never downloaded at run time.
 ``model.train_layers`` chooses which of the backbone's parameters train
 (:func:`apply_train_layers`). The CIFAR networks of Barz & Denzler (WACV 2019, their
-``models/plainnet.py`` and ``models/cifar_resnet.py``), ``plain11`` and ``resnet110_wfc``, are
-built here; each ends where their network's final Dense layer starts, so the head's first
-Linear (the semantic family's ``embed``) is that layer.
+``models/plainnet.py``, ``models/cifar_resnet.py`` and ``models/cifar_pyramidnet.py``),
+``plain11``, ``resnet110_wfc`` and ``pyramidnet272_200``, are built here; each ends where their
+network's final Dense layer starts, so the head's first Linear (the semantic family's
+``embed``) is that layer.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -251,6 +253,132 @@ def resnet110_wfc(cfg: ModelConfig, in_ch: int) -> Backbone:
     if cfg.pretrained_weights:
         body.load_state_dict(_read_weights(cfg.pretrained_weights, "the ResNet-110-wfc body"))
     return Backbone(body, widths[-1])
+
+
+def pyramid_widths(depth: int, alpha: float, bottleneck: bool = True) -> list[int]:
+    """Inner widths of the 3·N residual blocks of an additive CIFAR PyramidNet (Han, Kim & Kim,
+    CVPR 2017, Eq. 2): ``N = (depth − 2) / 9`` bottleneck blocks per stage (``/ 6`` for basic
+    blocks), and block k = 1 … 3N has inner width
+
+        D_k = round(16 + k · α / (3N)),   round(x) = ⌊x + ½⌋,
+
+    the running width a float accumulated by ``+ α / (3N)`` per block and rounded half up,
+    as ``round`` in their reference ``addpyramidnet.lua`` (github.com/jhkim89/PyramidNet).
+    (Their PyTorch port and Barz & Denzler's Keras port round with Python's ``round``, half to
+    even; the two differ only where 16 + k·α/(3N) is an exact tie, never for α = 200, N = 30.)
+    A bottleneck block outputs 4·D_k channels, a basic block D_k.
+    """
+    per_stage = 9 if bottleneck else 6
+    if depth < 2 + per_stage or (depth - 2) % per_stage:
+        kind = "bottleneck" if bottleneck else "basic"
+        raise ConfigError(f"PyramidNet depth={depth}: a {kind} PyramidNet needs depth = "
+                          f"{per_stage}·N + 2 with N >= 1 blocks per stage (e.g. "
+                          f"{per_stage * 3 + 2}, {'272' if bottleneck else '110'})")
+    if not alpha >= 0:
+        raise ConfigError(f"PyramidNet alpha={alpha}: the widening step must be >= 0 "
+                          "(channels only grow; alpha=0 is a pre-activation ResNet of width 16)")
+    blocks = 3 * ((depth - 2) // per_stage)
+    step = alpha / blocks
+    widths, width = [], 16.0
+    for _ in range(blocks):
+        width += step
+        widths.append(math.floor(width + 0.5))
+    return widths
+
+
+class PyramidBlock(nn.Module):
+    """A pyramidal residual unit (Han et al. 2017, Fig. 6(d) and §3.2), width ``D``.
+
+    Bottleneck: BN − conv1×1(D) − BN − ReLU − conv3×3(D, stride) − BN − ReLU − conv1×1(4D) − BN;
+    basic: BN − conv3×3(D, stride) − BN − ReLU − conv3×3(D) − BN. No ReLU before the first conv
+    and none after the addition. Shortcut: identity, a 2×2 stride-2 average pooling when the
+    block downsamples, and the missing ``c_out − c_in`` channels as zeros appended after the
+    input's (not split on both sides as in :class:`CifarBasicBlock`). Convs have no bias
+    (each is followed by BatchNorm; Barz & Denzler's Keras convs carry one).
+    """
+
+    def __init__(self, c_in: int, width: int, stride: int, bottleneck: bool = True) -> None:
+        super().__init__()
+        c_out = 4 * width if bottleneck else width
+        if c_out < c_in:
+            raise ConfigError(f"PyramidNet block: channels must not shrink ({c_in} -> {c_out})")
+        if bottleneck:
+            layers: list[nn.Module] = [
+                nn.BatchNorm2d(c_in), nn.Conv2d(c_in, width, 1, bias=False),
+                nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        else:
+            layers = [nn.BatchNorm2d(c_in), nn.Conv2d(c_in, width, 3, stride, 1, bias=False),
+                      nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                      nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)]
+        self.residual = nn.Sequential(*layers)
+        # ceil_mode: same map size as the stride-2 conv on odd sides too (equal on even sides)
+        self.pool = nn.AvgPool2d(2, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.extra = c_out - c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.pool(x)
+        if self.extra:
+            s = F.pad(s, (0, 0, 0, 0, 0, self.extra))  # [B, C_in, H, W] -> [B, C_out, H, W]
+        return self.residual(x) + s
+
+
+def pyramidnet(depth: int, alpha: float, bottleneck: bool = True, in_ch: int = 3,
+               init: str = "glorot_normal") -> nn.Sequential:
+    """The additive CIFAR PyramidNet of Han et al. 2017 (their ``addpyramidnet.lua``): conv3×3
+    (16) − BN (no ReLU), three stages of N :class:`PyramidBlock` s with the widths of
+    :func:`pyramid_widths` (stride 2 at the first block of stages 2 and 3), then BN − ReLU −
+    global average pooling. Output ``[B, C, 1, 1]``, C = 4·D_3N (bottleneck) or D_3N, i.e.
+    4·round(16 + α) for a bottleneck net.
+
+    ``init``: ``"glorot_normal"`` (default) is what Barz & Denzler's Keras port
+    (``models/cifar_pyramidnet.py``) sets on every conv, ``kernel_initializer='glorot_normal'``:
+    N(0, 2 / (fan_in + fan_out)) with fan = k²·channels (Keras ≥ 2.2.3 draws it from a
+    rescaled truncated normal of that variance, ``xavier_normal_`` untruncated); it is their
+    network we reproduce, so their choice, not Keras' default Glorot-uniform of
+    :func:`_glorot`. ``"kaiming"``: the paper code's N(0, 2 / (k²·c_out)), i.e. He-normal in
+    fan-out mode. BatchNorm starts at γ = 1, β = 0 in both. (BatchNorm keeps torch's
+    ε = 1e-5 and momentum 0.1, as the other CIFAR nets here; Keras' defaults are 1e-3 and 0.99.)
+    """
+    widths = pyramid_widths(depth, alpha, bottleneck)
+    if init not in ("glorot_normal", "kaiming"):
+        raise ConfigError(f"PyramidNet init={init!r}; allowed: glorot_normal (Barz & Denzler's "
+                          "Keras port), kaiming (Han et al.'s code)")
+    n = len(widths) // 3
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, 16, 3, padding=1, bias=False),
+                               nn.BatchNorm2d(16)]
+    c = 16
+    for k, w in enumerate(widths):
+        layers.append(PyramidBlock(c, w, 2 if k in (n, 2 * n) else 1, bottleneck))
+        c = 4 * w if bottleneck else w
+    layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)]
+    body = nn.Sequential(*layers)
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d):
+            if init == "kaiming":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.xavier_normal_(m.weight)
+    return body
+
+
+#: PyramidNet-272-200 (Barz & Denzler's third CIFAR net): depth 272, α = 200, bottleneck blocks
+#: (30 per stage, widths 18 … 216, features 864).
+PYRAMIDNET272_200 = (272, 200)
+
+
+@BACKBONES.register("pyramidnet272_200")
+def pyramidnet272_200(cfg: ModelConfig, in_ch: int) -> Backbone:
+    """PyramidNet-272 (α = 200, bottleneck), features ``[B, 864]``; 26,202,192 parameters
+    (26,288,692 with a 100-class Linear; Han et al. report 26.0M). ``model.width`` is not
+    used. Its CPU cost is large: build it, do not train it, on a laptop."""
+    depth, alpha = PYRAMIDNET272_200
+    body = pyramidnet(depth, alpha, bottleneck=True, in_ch=in_ch)
+    if cfg.pretrained_weights:
+        body.load_state_dict(_read_weights(cfg.pretrained_weights, "the PyramidNet-272 body"))
+    return Backbone(body, 4 * pyramid_widths(depth, alpha)[-1])
 
 
 def build_backbone(cfg: ModelConfig, in_ch: int = 3) -> Backbone:
