@@ -215,8 +215,8 @@ def _plot(curves: dict[tuple[str, int], list[tuple[int, float]]], arms: Sequence
             lo.append(min(vals) if vals else math.nan)
             hi.append(max(vals) if vals else math.nan)
         c = f"C{i}"
-        ax.plot(list(grid), med, color=c, label=f"{arm} (median of {len(per_seed)})")
-        ax.fill_between(list(grid), lo, hi, color=c, alpha=0.15)
+        ax.step(list(grid), med, where="post", color=c, label=f"{arm} (median of {len(per_seed)})")
+        ax.fill_between(list(grid), lo, hi, step="post", color=c, alpha=0.15)
     ax.set_xlabel("compute (trial-epochs)")
     ax.set_ylabel(f"best {metric} so far")
     ax.legend(loc="lower right")
