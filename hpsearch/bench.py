@@ -603,7 +603,8 @@ def label_throughput(*, family: str = "hyperbolic_cone", dim: int = 10,
                      non_basic_fraction: float = 0.5, epochs: int = 3, device: str = "cpu",
                      ceiling_batch: int = 65536, ceiling_steps: int = 20,
                      extra_params: dict[str, Any] | None = None,
-                     threads: int | None = None) -> dict[str, Any]:
+                     threads: int | None = None,
+                     sparse: Sequence[bool] = (False,)) -> dict[str, Any]:
     """Training throughput of a label-embedding family on a label graph (issue 5).
 
     Times whole ``LabelEmbeddingExperiment.train_one_epoch`` calls (negative sampling on the
@@ -612,65 +613,109 @@ def label_throughput(*, family: str = "hyperbolic_cone", dim: int = 10,
     (no sampling, no optimizer). Throughput is in **energies per second**: an epoch evaluates
     ``P · (1 + 2k)`` energies for ``P`` training positives and ``k`` negatives per side.
 
+    ``sparse``: the values of ``model.params.sparse_updates`` to time (issue 15: ``(False,
+    True)`` times dense and row-sparse updates side by side in one process, their epochs
+    alternating, so that both see the same load on a shared machine). The ceiling is the
+    dense-gradient lookup of before (``ceiling_energies_per_s``); with sparse modes the
+    row-sparse-gradient lookup is timed too (``ceiling_sparse_grad_energies_per_s``).
+
     ``threads`` sets torch's CPU threads: on a busy machine more threads than free cores make
     these small ops many times slower (OpenMP threads wait for each other), so CPU figures are
     taken with 1 thread, as a 1-CPU Ray trial runs.
 
     Returns a dict with the graph size, the config, seconds per epoch (each timed epoch),
-    epochs/s, energies/s of training and of the ceiling, and the load average around the run.
+    epochs/s, energies/s of training and of the ceiling, and the load average around the run;
+    the top-level figures are those of the first mode, ``modes`` holds each mode's, and
+    ``sparse_over_dense`` the ratio of median epoch times (dense / sparse) when both ran.
     """
     if threads is not None:
         torch.set_num_threads(threads)
+    sparse = tuple(dict.fromkeys(bool(x) for x in sparse))
+    if not sparse:
+        raise ConfigError("label_throughput: sparse=() times nothing; pass (False,), (True,) "
+                          "or (False, True)")
 
     load_before = _loadavg()
     dev = torch.device(device)
-    cfg = TrialConfig.from_flat({
-        "model.family": family, "model.params.dim": dim,
-        "model.params.negatives_per_side": negatives_per_side,
-        "model.params.non_basic_fraction": non_basic_fraction,
-        "model.params.recon_max_nodes": 0, **{f"model.params.{k}": v for k, v in
-                                              (extra_params or {}).items()},
-        "data.params": {"label_source": label_source, **(source_params or {})},
-        "optim.batch_size": batch_size, "optim.schedule": "none", "optim.epochs": epochs})
-    t = time.perf_counter()
-    exp = LabelEmbeddingExperiment(cfg, RunContext(device=dev))
-    setup_s = time.perf_counter() - t
-    n_pos = len(exp.train_pos)
-    per_epoch = n_pos * (1 + 2 * negatives_per_side)
-    exp.train_one_epoch(0)  # warm-up: allocator, kernels, autotuning
-    _sync(dev)
-    times = []
-    for e in range(epochs):
+    exps: dict[bool, LabelEmbeddingExperiment] = {}
+    setup: dict[bool, float] = {}
+    for sp in sparse:
+        cfg = TrialConfig.from_flat({
+            "model.family": family, "model.params.dim": dim,
+            "model.params.negatives_per_side": negatives_per_side,
+            "model.params.non_basic_fraction": non_basic_fraction,
+            "model.params.recon_max_nodes": 0, **{f"model.params.{k}": v for k, v in
+                                                  (extra_params or {}).items()},
+            "model.params.sparse_updates": sp,
+            "data.params": {"label_source": label_source, **(source_params or {})},
+            "optim.batch_size": batch_size, "optim.schedule": "none", "optim.epochs": epochs})
         t = time.perf_counter()
-        exp.train_one_epoch(e + 1)
-        _sync(dev)
-        times.append(time.perf_counter() - t)
+        exps[sp] = LabelEmbeddingExperiment(cfg, RunContext(device=dev))
+        setup[sp] = time.perf_counter() - t
+    first = exps[sparse[0]]
+    n_pos = len(first.train_pos)
+    per_epoch = n_pos * (1 + 2 * negatives_per_side)
+    for exp in exps.values():
+        exp.train_one_epoch(0)  # warm-up: allocator, kernels, autotuning
+    _sync(dev)
+    times: dict[bool, list[float]] = {sp: [] for sp in sparse}
+    for e in range(epochs):  # alternate the modes epoch by epoch
+        for sp, exp in exps.items():
+            t = time.perf_counter()
+            exp.train_one_epoch(e + 1)
+            _sync(dev)
+            times[sp].append(time.perf_counter() - t)
     # ceiling: energy forward + backward over random pairs, same model and dtype
-    n = exp.splits.num_nodes
+    n = first.splits.num_nodes
     g = torch.Generator(device=dev).manual_seed(0)
     pairs = torch.randint(0, n, (ceiling_batch, 2), generator=g, device=dev)
-    w = exp.model.weight
-    for _ in range(3):
-        exp.model.pair_energy(pairs).sum().backward()
-    _sync(dev)
-    t = time.perf_counter()
-    for _ in range(ceiling_steps):
-        w.grad = None
-        exp.model.pair_energy(pairs).sum().backward()
-    _sync(dev)
-    ceiling_s = (time.perf_counter() - t) / ceiling_steps
-    med = float(np.median(times))
+    model = first.model
+    w = model.weight
+
+    def ceiling(sparse_grad: bool) -> float:
+        keep, model.sparse_grad = model.sparse_grad, sparse_grad
+        try:
+            for _ in range(3):
+                w.grad = None
+                model.pair_energy(pairs).sum().backward()
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(ceiling_steps):
+                w.grad = None
+                model.pair_energy(pairs).sum().backward()
+            _sync(dev)
+            return ceiling_batch * ceiling_steps / (time.perf_counter() - t)
+        finally:
+            model.sparse_grad = keep
+            w.grad = None
+
+    ceil = ceiling(False)
+    ceil_sparse = ceiling(True) if any(sparse) else None
+    modes = {}
+    for sp in sparse:
+        med = float(np.median(times[sp]))
+        modes["sparse" if sp else "dense"] = {
+            "sparse_updates": sp, "setup_s": setup[sp], "epoch_s": times[sp],
+            "epoch_s_median": med, "epochs_per_s": 1.0 / med,
+            "train_energies_per_s": per_epoch / med, "train_positives_per_s": n_pos / med,
+            "fraction_of_ceiling": per_epoch / med / ceil,
+            "optimizer": type(exps[sp].optimizer).__name__}
+    top = modes["sparse" if sparse[0] else "dense"]
     return {
         "family": family, "dim": dim, "label_source": label_source,
         "source_params": source_params or {}, "nodes": n,
-        "closure_edges": int(len(exp.splits.closure)), "train_positives": n_pos,
+        "closure_edges": int(len(first.splits.closure)), "train_positives": n_pos,
         "negatives_per_side": negatives_per_side, "batch_size": batch_size,
         "steps_per_epoch": -(-n_pos // batch_size), "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "torch_threads": torch.get_num_threads(), "setup_s": setup_s,
-        "epoch_s": times, "epoch_s_median": med, "epochs_per_s": 1.0 / med,
-        "train_energies_per_s": per_epoch / med, "train_positives_per_s": n_pos / med,
-        "ceiling_batch": ceiling_batch, "ceiling_energies_per_s": ceiling_batch / ceiling_s,
+        "torch_threads": torch.get_num_threads(),
+        **{k: top[k] for k in ("setup_s", "epoch_s", "epoch_s_median", "epochs_per_s",
+                               "train_energies_per_s", "train_positives_per_s")},
+        "ceiling_batch": ceiling_batch, "ceiling_energies_per_s": ceil,
+        "ceiling_sparse_grad_energies_per_s": ceil_sparse, "modes": modes,
+        "sparse_over_dense": (modes["dense"]["epoch_s_median"]
+                              / modes["sparse"]["epoch_s_median"]
+                              if len(modes) == 2 else None),
         "dtype": str(w.dtype).replace("torch.", ""), "torch": torch.__version__,
         "loadavg_before": load_before, "loadavg_after": _loadavg()}
 
@@ -735,6 +780,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     t.add_argument("--ceiling-batch", type=int, default=65536)
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    t.add_argument("--sparse", choices=["off", "on", "both"], default="off",
+                   help="model.params.sparse_updates: off (dense updates, as before), on, or "
+                   "both side by side in one process (epochs alternating)")
     t.add_argument("--json", help="also write the result as JSON to this file")
 
     m = sub.add_parser("compare", help="Markdown table of each experiment's best run")
@@ -776,13 +824,20 @@ def main(argv: list[str] | None = None) -> int:
                 negatives_per_side=args.negatives_per_side,
                 non_basic_fraction=args.non_basic_fraction, epochs=args.epochs,
                 device=args.device, ceiling_batch=args.ceiling_batch,
-                extra_params=kv(args.param), threads=args.threads)
+                extra_params=kv(args.param), threads=args.threads,
+                sparse={"off": (False,), "on": (True,), "both": (False, True)}[args.sparse])
             print(json.dumps(res))
             print(f"{res['family']} d={res['dim']} on {res['nodes']} nodes / "
                   f"{res['train_positives']} train edges ({res['device_name']}): "
                   f"{res['epochs_per_s']:.3f} epochs/s, training "
                   f"{res['train_energies_per_s']:,.0f} energies/s, bare energy fwd+bwd "
                   f"{res['ceiling_energies_per_s']:,.0f}/s")
+            for name, m in res["modes"].items():
+                print(f"  {name} ({m['optimizer']}): {m['epoch_s_median']:.2f} s/epoch, "
+                      f"{m['train_energies_per_s']:,.0f} energies/s = "
+                      f"{m['fraction_of_ceiling']:.2f} x the ceiling")
+            if res["sparse_over_dense"] is not None:
+                print(f"  sparse is {res['sparse_over_dense']:.2f} x faster per epoch")
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=1))
         elif args.command == "runs-csv":

@@ -10,7 +10,8 @@ from hpsearch.config import ModelConfig
 from hpsearch.errors import ConfigError, DataError
 from hpsearch.models.backbones import BACKBONES, build_backbone
 
-# same code paths as resnet50 / vgg16_bn, or a small variant in tests/test_pyramidnet.py: no backward
+# no backward: same code paths as resnet50 / vgg16_bn, or a small variant in
+# tests/test_pyramidnet.py
 BIG = {"resnet101", "resnet152", "vgg16", "pyramidnet272_200"}
 
 

@@ -13,6 +13,13 @@ Parametrisations (``LabelEmbedding.mode``):
   [ε_K + 1e-5, 1 − 1e-5] by the Riemannian optimizer (hyperbolic cones with RSGD/RAdam).
 * ``expmap0``: f(u) = clip(tanh(artanh(ε_K) + ||w_u||) ŵ_u) (hyperbolic cones trained with
   plain Adam, thesis §5.6 "exp-map at 0").
+
+Row-sparse gradients (``LabelEmbedding(sparse_grad=True)``, set by the label-only task from
+``model.params.sparse_updates``): lookups go through ``F.embedding(idx, w, sparse=True)``, so
+``w.grad`` is a sparse tensor of the looked-up rows and the optimizer (built with
+``build_optimizer(..., sparse=True)``, hpsearch/tasks/optim.py) updates only those rows. The
+forward values are the same; only the gradient's layout and the optimizer's semantics differ
+(lazy Adam moments, see optim.py). The joint task never sets it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import geoopt
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from hpsearch.config import ModelConfig
 from hpsearch.errors import ConfigError
@@ -63,6 +71,12 @@ class LabelEmbeddingParams(FamilyParams):
     init_scale: float = Field(1.0, gt=0)  # std of the random Euclidean init
     dtype: Literal["float32", "float64"] = "float32"
     recon_max_nodes: int = Field(5000, ge=0)  # skip all-pairs reconstruction above N nodes
+    # update only the rows a batch looks up (sparse gradients + geoopt's SparseRiemannianAdam /
+    # SparseRiemannianSGD math): lazy Adam moments (an untouched row neither moves nor decays
+    # its moments), lazy momentum, no weight decay; SGD/RSGD without momentum are exact;
+    # tasks/optim.py. Off: 2.5x faster epochs on WordNet nouns, no gain on ETHEC, F1 checked
+    # only for the Adam variants on ETHEC (results/BENCHMARKS.md)
+    sparse_updates: bool = False
 
     def aperture(self) -> float:
         """The cone aperture constant K (0 for order embeddings, which have no cone)."""
@@ -121,10 +135,14 @@ class LabelEmbedding(nn.Module):
         num_nodes: number of labels N.
         geometry: ``order``, ``euclidean_cone`` or ``hyperbolic_cone``.
         params: the family's validated params.
+        sparse_grad: look rows up with ``F.embedding(..., sparse=True)`` so that the table's
+            gradient is row-sparse (for the sparse optimizers of tasks/optim.py).
     """
 
-    def __init__(self, num_nodes: int, geometry: str, params: LabelEmbeddingParams) -> None:
+    def __init__(self, num_nodes: int, geometry: str, params: LabelEmbeddingParams,
+                 sparse_grad: bool = False) -> None:
         super().__init__()
+        self.sparse_grad = bool(sparse_grad)
         if geometry not in ("order", "euclidean_cone", "hyperbolic_cone"):
             raise ConfigError(f"unknown embedding geometry {geometry!r}; allowed: order, "
                               "euclidean_cone, hyperbolic_cone")
@@ -193,7 +211,12 @@ class LabelEmbedding(nn.Module):
     # ------------------------------------------------------------------ maps
     def forward(self, idx: Tensor | None = None) -> Tensor:
         """Embeddings of ``idx`` (any shape; all labels when None): ``[..., d]``."""
-        w = self.weight if idx is None else self.weight[idx]
+        if idx is None:
+            w = self.weight
+        elif self.sparse_grad:
+            w = F.embedding(idx, self.weight, sparse=True)
+        else:
+            w = self.weight[idx]
         if self.mode in ("raw", "ball"):
             return w
         if self.mode == "soft_clip":
@@ -221,16 +244,18 @@ class LabelEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_nodes={self.num_nodes}, dim={self.dim}, geometry={self.geometry}, "
-                f"energy={self.energy_kind}, mode={self.mode}")
+                f"energy={self.energy_kind}, mode={self.mode}"
+                + (", sparse_grad=True" if self.sparse_grad else ""))
 
 
 def build_label_embedding(family: str, params: LabelEmbeddingParams,
-                          num_nodes: int) -> LabelEmbedding:
-    """The module of a registered label-embedding family for ``num_nodes`` labels."""
+                          num_nodes: int, sparse_grad: bool = False) -> LabelEmbedding:
+    """The module of a registered label-embedding family for ``num_nodes`` labels
+    (``sparse_grad``: row-sparse gradients, :class:`LabelEmbedding`)."""
     if family not in GEOMETRY:
         raise ConfigError(f"{family!r} is not a label-embedding family; allowed: "
                           f"{', '.join(sorted(GEOMETRY))}")
-    return LabelEmbedding(num_nodes, GEOMETRY[family], params)
+    return LabelEmbedding(num_nodes, GEOMETRY[family], params, sparse_grad=sparse_grad)
 
 
 def _builder(family: str):

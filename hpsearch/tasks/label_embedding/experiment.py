@@ -20,6 +20,9 @@ Data: ``cfg.data.params["label_source"]`` plus the other ``cfg.data.params`` go 
 :func:`hpsearch.data.labels.load_label_hierarchy`; without ``label_source`` the hierarchy of
 the image dataset ``cfg.data.name`` is used (source ``dataset``).
 
+``model.params.sparse_updates``: each step updates only the rows the batch looked up (sparse
+gradients, lazy Adam moments; hpsearch/tasks/optim.py). Off by default.
+
 Distributed runs are not data-parallel: the table is tiny, every rank runs the same seeded
 computation, so ``evaluate`` is identical on every rank. Use one worker.
 """
@@ -140,7 +143,8 @@ class LabelEmbeddingExperiment:
         n = self.splits.num_nodes
 
         init_gen = torch.Generator().manual_seed(cfg.seed)
-        self.model: LabelEmbedding = build_label_embedding(cfg.model.family, self.params, n)
+        self.model: LabelEmbedding = build_label_embedding(
+            cfg.model.family, self.params, n, sparse_grad=self.params.sparse_updates)
         self.model.reset_parameters(init_gen)
         self.model.to(self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
@@ -148,7 +152,8 @@ class LabelEmbeddingExperiment:
 
         p = self.params
         self.optimizer = build_optimizer([self.model.weight], p.optimizer,  # type: ignore
-                                         lr=p.label_lr or cfg.optim.lr, momentum=p.momentum)
+                                         lr=p.label_lr or cfg.optim.lr, momentum=p.momentum,
+                                         sparse=p.sparse_updates)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.sampler = NegativeSampler(
             n, self.splits.closure, node_level=self.splits.node_level,
