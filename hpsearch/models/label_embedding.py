@@ -74,8 +74,8 @@ class LabelEmbeddingParams(FamilyParams):
     # update only the rows a batch looks up (sparse gradients + geoopt's SparseRiemannianAdam /
     # SparseRiemannianSGD math): lazy Adam moments (an untouched row neither moves nor decays
     # its moments), lazy momentum, no weight decay; SGD/RSGD without momentum are exact;
-    # tasks/optim.py. Off: 2.5x faster epochs on WordNet nouns, no gain on ETHEC, F1 checked
-    # only for the Adam variants on ETHEC (results/BENCHMARKS.md)
+    # tasks/optim.py. Off by default: on, epochs on WordNet nouns were 2.3-2.5x faster and on
+    # ETHEC no faster; F1 checked only for the Adam variants on ETHEC (results/BENCHMARKS.md)
     sparse_updates: bool = False
 
     def aperture(self) -> float:
