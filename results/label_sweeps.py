@@ -201,6 +201,13 @@ def run_one(graph: LabelGraph, m: Method, dim_params: dict[str, Any], fraction: 
             "init_s": round(init_s, 1), "train_s": round(time.perf_counter() - t0 - init_s, 1)}
 
 
+def write_row(w: csv.DictWriter, f: Any, row: dict[str, Any]) -> None:
+    """One result row, floats rounded to 4 digits, flushed at once (a killed sweep keeps
+    what it finished)."""
+    w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    f.flush()
+
+
 def cmd_run(a: argparse.Namespace) -> None:
     sources, methods, dim_params = SWEEPS[a.sweep]
     out = Path(a.out or ROOT / "results" / f"label_sweeps_{a.sweep}.csv")
@@ -220,9 +227,7 @@ def cmd_run(a: argparse.Namespace) -> None:
                         r = run_one(g, m, dim_params, frac, seed, a.epochs, a.eval_every)
                         row = {"sweep": a.sweep, "source": source, "method": m.name,
                                "fraction": frac, "seed": seed, **r}
-                        w.writerow({k: (round(v, 4) if isinstance(v, float) else v)
-                                    for k, v in row.items()})
-                        f.flush()
+                        write_row(w, f, row)
                         print(f"{cell}: val {r['val_f1']:.3f} test {r['test_f1']:.3f} "
                               f"(ep {r['best_epoch']}, {r['init_s']}+{r['train_s']} s)",
                               flush=True)

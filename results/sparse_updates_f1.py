@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_sweeps import ETHEC, graph_of, run_one  # noqa: E402
+from label_sweeps import ETHEC, graph_of, run_one, write_row  # noqa: E402
 
 FIELDS = ("method", "sparse_updates", "fraction", "seed", "epochs", "best_epoch", "val_f1",
           "test_f1", "test_f1_midpoint", "n_test", "train_s")
@@ -73,9 +73,7 @@ def main() -> None:
                     r = run_one(g, mm, {"dim": 10}, a.fraction, seed, a.epochs, 1)
                     row = {"method": m.name, "sparse_updates": sparse, "fraction": a.fraction,
                            "seed": seed, **r}
-                    w.writerow({k: (round(v, 4) if isinstance(v, float) else v)
-                                for k, v in row.items()})
-                    f.flush()
+                    write_row(w, f, row)
                     print(f"{m.name} sparse={sparse} seed {seed}: val {r['val_f1']:.3f} "
                           f"test {r['test_f1']:.3f} (ep {r['best_epoch']}, {r['train_s']} s)",
                           flush=True)
