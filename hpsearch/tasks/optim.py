@@ -44,7 +44,7 @@ states still load).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import geoopt
@@ -170,6 +170,20 @@ def _manifold(opt: geoopt.optim.mixin.OptimMixin, point: Tensor):
     return opt._default_manifold
 
 
+def _row_sparse_params(opt: torch.optim.Optimizer, group: dict[str, Any]) -> Iterator[
+        tuple[Tensor, Any, Tensor, Tensor, dict[str, Any]]]:
+    """``(param, manifold, rows, summed row gradients, state)`` for each parameter of
+    ``group`` that has a gradient; a dense gradient is a RuntimeError naming the optimizer."""
+    for full in group["params"]:
+        if full.grad is None:
+            continue
+        if not full.grad.is_sparse:
+            raise RuntimeError(f"{type(opt).__name__} needs sparse gradients "
+                               "(F.embedding(..., sparse=True))")
+        rows, grad = sparse_rows(full.grad)
+        yield full, _manifold(opt, full), rows, grad, opt.state[full]
+
+
 class RowSparseRiemannianAdam(geoopt.optim.SparseRiemannianAdam):
     """``geoopt.optim.SparseRiemannianAdam`` (lazy Riemannian Adam; the Euclidean manifold for
     plain tensors), its step computed on :func:`sparse_rows` instead of ``coalesce`` +
@@ -185,17 +199,9 @@ class RowSparseRiemannianAdam(geoopt.optim.SparseRiemannianAdam):
         with torch.no_grad():
             for group in self.param_groups:
                 b1, b2 = group["betas"]
-                for full in group["params"]:
-                    if full.grad is None:
-                        continue
-                    if not full.grad.is_sparse:
-                        raise RuntimeError("RowSparseRiemannianAdam needs sparse gradients "
-                                           "(F.embedding(..., sparse=True))")
+                for full, manifold, rows, grad, state in _row_sparse_params(self, group):
                     if group["amsgrad"]:
                         raise NotImplementedError("amsgrad is not implemented here")
-                    manifold = _manifold(self, full)
-                    rows, grad = sparse_rows(full.grad)
-                    state = self.state[full]
                     if len(state) == 0:
                         state["step"] = 0
                         state["exp_avg"] = torch.zeros_like(full)
@@ -236,15 +242,7 @@ class RowSparseRiemannianSGD(geoopt.optim.SparseRiemannianSGD):
             for group in self.param_groups:
                 group["step"] = group.get("step", 0) + 1
                 mu, lr = group["momentum"], group["lr"]
-                for full in group["params"]:
-                    if full.grad is None:
-                        continue
-                    if not full.grad.is_sparse:
-                        raise RuntimeError("RowSparseRiemannianSGD needs sparse gradients "
-                                           "(F.embedding(..., sparse=True))")
-                    manifold = _manifold(self, full)
-                    rows, grad = sparse_rows(full.grad)
-                    state = self.state[full]
+                for full, manifold, rows, grad, state in _row_sparse_params(self, group):
                     if len(state) == 0 and mu > 0:
                         buf = torch.zeros_like(full)
                         buf[rows] = grad
